@@ -1,0 +1,46 @@
+# Makefile of the Aggregator. Every target is a thin wrapper around the go tool,
+# so the same commands work without make (see README.md).
+
+GO        ?= go
+ADDR      ?= 127.0.0.1:8080
+DATA_DIR  ?= ./data
+BIN_DIR   ?= bin
+BENCHTIME ?= 1s
+DRILL_ARGS ?=
+
+.PHONY: all build run test test-short bench lint drill clean
+
+all: build
+
+## build: static binaries of every command into ./bin
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN_DIR)/ ./cmd/...
+
+## run: start the aggregator on $(ADDR) with data in $(DATA_DIR)
+run:
+	$(GO) run ./cmd/aggregator --addr $(ADDR) --data-dir $(DATA_DIR)
+
+## test: vet, then every test with the race detector (what CI runs)
+test:
+	$(GO) vet ./... && $(GO) test -race -count=1 ./...
+
+## test-short: the quick subset, without the end-to-end kill tests
+test-short:
+	$(GO) test -short -count=1 ./...
+
+## bench: every benchmark, with allocation counts
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
+
+## lint: gofmt, go vet, and staticcheck when it is installed
+lint:
+	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@if command -v staticcheck >/dev/null 2>&1; then staticcheck ./...; else echo "staticcheck not installed; skipped"; fi
+
+## drill: the crash drill of cmd/loadgen (kill -9 under load, restart, verify)
+drill:
+	$(GO) run ./cmd/loadgen drill $(DRILL_ARGS)
+
+clean:
+	rm -rf $(BIN_DIR)
