@@ -1,0 +1,245 @@
+package dedup
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/aggregator-dev/aggregator/event"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Entry is one log record to apply: its offset and its decoded event.
+type Entry struct {
+	Offset uint64
+	Event  event.Event
+}
+
+// ApplyResult tells what one Apply did.
+type ApplyResult struct {
+	Unique     int    // entries stored as new events
+	Duplicates int    // entries whose key was already stored (or earlier in the chunk)
+	Malformed  int    // entries skipped because their topic or event ID is empty
+	Skipped    int    // entries at or below the checkpoint, already applied before
+	Checkpoint uint64 // checkpoint after the call
+}
+
+// idxFillPercent is the split point of the per-topic index buckets: their
+// keys start with the event timestamp, which mostly grows, so pages are
+// filled nearly full instead of the default half.
+const idxFillPercent = 0.9
+
+// Apply applies consecutive log entries in one bbolt transaction: it stores
+// the events whose (topic, event_id) is new (the first one wins when a key
+// occurs twice in entries), counts the others as duplicates, and moves the
+// checkpoint to the last entry's offset. Entries at or below the checkpoint
+// are skipped, so re-applying a chunk after a crash is harmless.
+//
+// Offsets must be consecutive and the first one at most Checkpoint()+1, else
+// Apply returns ErrOutOfOrder and changes nothing. An entry with an empty
+// topic or event ID is counted as malformed, never stored. When the commit
+// fails nothing changes (not the checkpoint, not the bloom filter) and the
+// same entries may be applied again.
+func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	if s.closed.Load() {
+		return ApplyResult{}, ErrClosed
+	}
+	cp := s.checkpoint.Load()
+	res := ApplyResult{Checkpoint: cp}
+	if len(entries) == 0 {
+		return res, nil
+	}
+	if entries[0].Offset > cp+1 {
+		return res, fmt.Errorf("%w: first offset %d after checkpoint %d", ErrOutOfOrder, entries[0].Offset, cp)
+	}
+	for i := 1; i < len(entries); i++ {
+		if entries[i].Offset != entries[i-1].Offset+1 {
+			return res, fmt.Errorf("%w: offset %d follows %d", ErrOutOfOrder, entries[i].Offset, entries[i-1].Offset)
+		}
+	}
+	skip := int(min(cp+1-entries[0].Offset, uint64(len(entries))))
+	res.Skipped = skip
+	work := entries[skip:]
+	if len(work) == 0 {
+		return res, nil
+	}
+
+	c := newChunk(work)
+	c.testBloom(s.bloom)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := c.classify(tx.Bucket(bucketSeen)); err != nil {
+			return err
+		}
+		if err := c.write(tx); err != nil {
+			return err
+		}
+		meta := tx.Bucket(bucketMeta)
+		for _, kv := range []struct {
+			key   []byte
+			delta int
+		}{{metaUnique, len(c.fresh)}, {metaDuplicates, c.dups}, {metaMalformed, c.malformed}} {
+			if kv.delta == 0 {
+				continue
+			}
+			if err := meta.Put(kv.key, putU64(u64(meta.Get(kv.key))+uint64(kv.delta))); err != nil {
+				return fmt.Errorf("write counter: %w", err)
+			}
+		}
+		if err := meta.Put(metaCheckpoint, putU64(work[len(work)-1].Offset)); err != nil {
+			return fmt.Errorf("write checkpoint: %w", err)
+		}
+		if s.opts.FailCommit != nil {
+			if err := s.opts.FailCommit(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+			return res, ErrClosed
+		}
+		return res, fmt.Errorf("commit chunk: %w", err)
+	}
+
+	newKeys := make([][]byte, len(c.fresh))
+	for i, j := range c.fresh {
+		newKeys[i] = c.keys[j]
+	}
+	s.bloom.addAll(newKeys)
+	keys := s.keys.Add(uint64(len(newKeys)))
+	s.checkpoint.Store(work[len(work)-1].Offset)
+	if uint(keys) > s.bloom.capacityNow() && !s.closed.Load() {
+		s.startGrow(uint(keys) * 2)
+	}
+	res.Unique, res.Duplicates, res.Malformed = len(c.fresh), c.dups, c.malformed
+	res.Checkpoint = s.checkpoint.Load()
+	return res, nil
+}
+
+// chunk is the working state of one Apply.
+type chunk struct {
+	work      []Entry
+	keys      [][]byte // seen key per entry; nil for a malformed entry
+	maybe     []bool   // bloom filter says the key may be stored
+	order     []int    // indices of valid entries sorted by (key, offset)
+	fresh     []int    // indices of new entries, sorted by key
+	dups      int
+	malformed int
+}
+
+func newChunk(work []Entry) *chunk {
+	c := &chunk{work: work, keys: make([][]byte, len(work)), maybe: make([]bool, len(work))}
+	size := 0
+	for i := range work {
+		size += 10 + len(work[i].Event.Topic) + len(work[i].Event.EventID)
+	}
+	buf := make([]byte, 0, size)
+	c.order = make([]int, 0, len(work))
+	for i := range work {
+		e := &work[i].Event
+		if e.Topic == "" || e.EventID == "" {
+			c.malformed++
+			continue
+		}
+		start := len(buf)
+		buf = appendSeenKey(buf, e.Topic, e.EventID)
+		c.keys[i] = buf[start:len(buf):len(buf)]
+		c.order = append(c.order, i)
+	}
+	// Stable sort of offset-ordered indices: equal keys keep offset order.
+	slices.SortStableFunc(c.order, func(a, b int) int { return bytes.Compare(c.keys[a], c.keys[b]) })
+	return c
+}
+
+func (c *chunk) testBloom(g *guardedFilter) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, i := range c.order {
+		c.maybe[i] = g.f.Test(c.keys[i])
+	}
+}
+
+// classify decides for every valid entry whether it is new: the first
+// occurrence of a key in the chunk is new unless the bloom filter and then the
+// seen bucket say it is stored; later occurrences are duplicates.
+func (c *chunk) classify(seen *bolt.Bucket) error {
+	c.fresh = make([]int, 0, len(c.order))
+	var prev []byte
+	for n, i := range c.order {
+		k := c.keys[i]
+		if n > 0 && bytes.Equal(k, prev) {
+			c.dups++
+			continue
+		}
+		prev = k
+		if c.maybe[i] && seen.Get(k) != nil {
+			c.dups++
+			continue
+		}
+		c.fresh = append(c.fresh, i)
+	}
+	return nil
+}
+
+// write stores the new keys and events and updates the per-topic counts.
+func (c *chunk) write(tx *bolt.Tx) error {
+	seen := tx.Bucket(bucketSeen)
+	for _, i := range c.fresh { // sorted by key
+		if err := seen.Put(c.keys[i], nil); err != nil {
+			return fmt.Errorf("put seen key: %w", err)
+		}
+	}
+	if len(c.fresh) == 0 {
+		return nil
+	}
+	// Index keys and values, then group by topic in key order.
+	size := 0
+	for _, i := range c.fresh {
+		size += idxKeyLen + c.work[i].Event.EncodedSize()
+	}
+	buf := make([]byte, 0, size)
+	idxKeys := make([][]byte, len(c.work))
+	vals := make([][]byte, len(c.work))
+	for _, i := range c.fresh {
+		e := &c.work[i]
+		start := len(buf)
+		buf = appendIdxKey(buf, e.Event.Timestamp, e.Offset)
+		mid := len(buf)
+		buf = e.Event.AppendBinary(buf)
+		idxKeys[i], vals[i] = buf[start:mid:mid], buf[mid:len(buf):len(buf)]
+	}
+	byTopic := slices.Clone(c.fresh)
+	slices.SortFunc(byTopic, func(a, b int) int {
+		return cmp.Or(cmp.Compare(c.work[a].Event.Topic, c.work[b].Event.Topic), bytes.Compare(idxKeys[a], idxKeys[b]))
+	})
+	idx, topics := tx.Bucket(bucketIdx), tx.Bucket(bucketTopics)
+	for start := 0; start < len(byTopic); {
+		topic := c.work[byTopic[start]].Event.Topic
+		end := start + 1
+		for end < len(byTopic) && c.work[byTopic[end]].Event.Topic == topic {
+			end++
+		}
+		b, err := idx.CreateBucketIfNotExists([]byte(topic))
+		if err != nil {
+			return fmt.Errorf("create topic bucket: %w", err)
+		}
+		b.FillPercent = idxFillPercent
+		for _, i := range byTopic[start:end] {
+			if err := b.Put(idxKeys[i], vals[i]); err != nil {
+				return fmt.Errorf("put event: %w", err)
+			}
+		}
+		n := u64(topics.Get([]byte(topic))) + uint64(end-start)
+		if err := topics.Put([]byte(topic), putU64(n)); err != nil {
+			return fmt.Errorf("put topic count: %w", err)
+		}
+		start = end
+	}
+	return nil
+}

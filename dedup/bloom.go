@@ -1,0 +1,145 @@
+package dedup
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/bits-and-blooms/bloom/v3"
+	bolt "go.etcd.io/bbolt"
+)
+
+// errRebuildStopped is returned by a rebuild that Close interrupted.
+var errRebuildStopped = errors.New("rebuild stopped")
+
+// guardedFilter is the bloom filter front with its lock. bloom.BloomFilter is
+// not safe for concurrent use; every access goes through mu.
+type guardedFilter struct {
+	mu       sync.Mutex
+	f        *bloom.BloomFilter
+	capacity uint     // keys f was sized for
+	pending  [][]byte // keys added while a rebuild runs; nil when none runs
+}
+
+func newGuardedFilter(f *bloom.BloomFilter, capacity uint) *guardedFilter {
+	return &guardedFilter{f: f, capacity: capacity}
+}
+
+// capacityNow returns the number of keys the current filter was sized for.
+func (g *guardedFilter) capacityNow() uint {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.capacity
+}
+
+// addAll adds committed keys; while a rebuild runs they are also kept for it.
+func (g *guardedFilter) addAll(keys [][]byte) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, k := range keys {
+		g.f.Add(k)
+	}
+	if g.pending != nil {
+		g.pending = append(g.pending, keys...)
+	}
+}
+
+// figures returns the size in bits, the number of hash functions and the
+// analytic false-positive rate (1 - e^(-kn/m))^k with n stored keys. (The
+// library's EstimateFalsePositiveRate is an empirical test that builds a
+// second filter; far too slow for a stats call.)
+func (g *guardedFilter) figures(n uint64) (bits, k uint64, fp float64) {
+	g.mu.Lock()
+	m, kk := float64(g.f.Cap()), float64(g.f.K())
+	bits, k = uint64(g.f.Cap()), uint64(g.f.K())
+	g.mu.Unlock()
+	return bits, k, math.Pow(1-math.Exp(-kk*float64(n)/m), kk)
+}
+
+// startGrow begins a rebuild of a filter for newCap keys unless one runs.
+// The caller holds s.applyMu, so no commit happens between the start of the
+// pending list and the first scan: every key is either scanned or replayed.
+func (s *Store) startGrow(newCap uint) {
+	if !s.growing.CompareAndSwap(false, true) {
+		return
+	}
+	s.bloom.mu.Lock()
+	s.bloom.pending = make([][]byte, 0, 1024)
+	s.bloom.mu.Unlock()
+	s.log.Info("dedup: growing bloom filter", "keys", s.keys.Load(), "capacity", newCap)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.growing.Store(false)
+		f, _, err := s.buildFilter(newCap, true)
+		s.bloom.mu.Lock()
+		defer s.bloom.mu.Unlock()
+		pending := s.bloom.pending
+		s.bloom.pending = nil
+		if err != nil {
+			if !errors.Is(err, errRebuildStopped) {
+				s.log.Error("dedup: grow bloom filter", "err", err)
+			}
+			return // the old filter still holds every key
+		}
+		for _, k := range pending {
+			f.Add(k)
+		}
+		s.bloom.f, s.bloom.capacity = f, newCap
+	}()
+}
+
+// buildFilter makes a filter sized for capacity keys at the configured rate
+// and adds every key of the seen bucket to it, reading in batches of short
+// read transactions so a long scan never holds up the writer's remap.
+// Keys committed after the scan started may or may not be seen; the caller
+// replays them (see grow). grow selects the seam flag for tests.
+func (s *Store) buildFilter(capacity uint, grow bool) (*bloom.BloomFilter, int, error) {
+	f := bloom.NewWithEstimates(capacity, s.fpRate)
+	var (
+		last    []byte
+		scanned int
+		done    bool
+	)
+	for !done {
+		select {
+		case <-s.stop:
+			return nil, scanned, errRebuildStopped
+		default:
+		}
+		err := s.db.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bucketSeen).Cursor()
+			var k []byte
+			if last == nil {
+				k, _ = c.First()
+			} else if k, _ = c.Seek(last); k != nil && string(k) == string(last) {
+				k, _ = c.Next()
+			}
+			for n := 0; n < s.opts.rebuildBatch; n++ {
+				if k == nil {
+					done = true
+					return nil
+				}
+				f.Add(k)
+				scanned++
+				last = k
+				k, _ = c.Next()
+			}
+			if k == nil {
+				done = true
+			}
+			last = append([]byte(nil), last...) // k is only valid inside the transaction
+			return nil
+		})
+		if err != nil {
+			return nil, scanned, fmt.Errorf("scan seen keys: %w", err)
+		}
+		if s.opts.onRebuildStep != nil {
+			if err := s.opts.onRebuildStep(scanned, grow); err != nil {
+				return nil, scanned, err
+			}
+		}
+	}
+	return f, scanned, nil
+}

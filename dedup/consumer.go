@@ -1,0 +1,255 @@
+package dedup
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aggregator-dev/aggregator/event"
+)
+
+// Source is the log the consumer tails; *wal.Log satisfies it.
+type Source interface {
+	// Wait returns nil as soon as the log holds an offset > after.
+	Wait(ctx context.Context, after uint64) error
+	// Read calls fn in offset order for up to max records from offset from.
+	Read(from uint64, max int, fn func(offset uint64, data []byte) error) error
+	// TruncateFront frees the records below offset.
+	TruncateFront(offset uint64) error
+}
+
+// Consumer defaults.
+const (
+	DefaultChunkEntries = 8192
+	DefaultChunkDelay   = 2 * time.Millisecond
+	DefaultRetryMin     = 10 * time.Millisecond
+	DefaultRetryMax     = 2 * time.Second
+)
+
+// ConsumerOptions configure a Consumer. A nil *ConsumerOptions, or a zero
+// field, means the documented default.
+type ConsumerOptions struct {
+	// ChunkEntries bounds the entries applied in one transaction (default
+	// DefaultChunkEntries).
+	ChunkEntries int
+	// ChunkDelay bounds how long a chunk that is not full waits for more
+	// appends once its first entry is there (default DefaultChunkDelay; a
+	// negative value applies at once what is there).
+	ChunkDelay time.Duration
+	// RetryMin and RetryMax bound the exponential backoff after a failed
+	// read or apply (defaults DefaultRetryMin, DefaultRetryMax).
+	RetryMin, RetryMax time.Duration
+	// Logger receives operational messages (nil discards them).
+	Logger *slog.Logger
+	// OnApply, when set, is called after each committed chunk (metrics).
+	OnApply func(entries, unique, duplicates int, took time.Duration)
+	// BeforeApply is a test seam: when set, it is called before each attempt
+	// to apply a chunk, with the chunk's size; a slow function slows the
+	// consumer down.
+	BeforeApply func(entries int)
+
+	// afterApply is this package's crash seam: called after a commit, before
+	// the log is truncated; a non-nil error stops the consumer right there.
+	afterApply func(checkpoint uint64) error
+}
+
+// Consumer tails a Source and applies its records to a Store in chunks.
+type Consumer struct {
+	s    *Store
+	src  Source
+	opts ConsumerOptions
+	log  *slog.Logger
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	done      chan struct{}
+	startOnce sync.Once
+	started   atomic.Bool
+	closeOnce sync.Once
+
+	lastErr atomic.Pointer[error]
+}
+
+// NewConsumer returns a consumer of src into s; Start starts it.
+func NewConsumer(s *Store, src Source, opts *ConsumerOptions) *Consumer {
+	var o ConsumerOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.ChunkEntries <= 0 {
+		o.ChunkEntries = DefaultChunkEntries
+	}
+	if o.ChunkDelay == 0 {
+		o.ChunkDelay = DefaultChunkDelay
+	}
+	if o.RetryMin <= 0 {
+		o.RetryMin = DefaultRetryMin
+	}
+	if o.RetryMax < o.RetryMin {
+		o.RetryMax = max(DefaultRetryMax, o.RetryMin)
+	}
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Consumer{s: s, src: src, opts: o, log: logger, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+}
+
+// Start starts the tailing goroutine, which resumes at s.Checkpoint()+1.
+// Calling it again does nothing.
+func (c *Consumer) Start() {
+	c.startOnce.Do(func() {
+		c.started.Store(true)
+		go c.run()
+	})
+}
+
+// Close stops the consumer and waits for its goroutine. A chunk being applied
+// is committed or rolled back as a whole. Calling Close again is harmless.
+func (c *Consumer) Close() error {
+	c.closeOnce.Do(func() {
+		c.startOnce.Do(func() {}) // a later Start does nothing
+		c.cancel()
+		if c.started.Load() {
+			<-c.done
+		}
+	})
+	return nil
+}
+
+// Err returns the error of the last failed read or apply, or nil when the
+// last attempt succeeded (for readiness checks).
+func (c *Consumer) Err() error {
+	if p := c.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (c *Consumer) setErr(err error) {
+	if err == nil {
+		if c.lastErr.Load() != nil {
+			c.lastErr.Store(nil)
+		}
+		return
+	}
+	c.lastErr.Store(&err)
+}
+
+func (c *Consumer) run() {
+	defer close(c.done)
+	var (
+		chunk   []Entry // read but not yet committed; kept for the retry
+		backoff time.Duration
+	)
+	fail := func(msg string, err error) bool {
+		c.setErr(err)
+		backoff = min(max(backoff*2, c.opts.RetryMin), c.opts.RetryMax)
+		c.log.Error(msg, "err", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		defer t.Stop()
+		select {
+		case <-c.ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		}
+	}
+	for c.ctx.Err() == nil {
+		if chunk == nil {
+			next := c.s.Checkpoint() + 1
+			if err := c.src.Wait(c.ctx, next-1); err != nil {
+				if c.ctx.Err() != nil || !fail("dedup: wait for log", err) {
+					return
+				}
+				continue
+			}
+			var err error
+			if chunk, err = c.readChunk(next); err != nil {
+				chunk = nil
+				if c.ctx.Err() != nil || !fail("dedup: read log", err) {
+					return
+				}
+				continue
+			}
+			if len(chunk) == 0 {
+				chunk = nil
+				continue
+			}
+		}
+		if c.opts.BeforeApply != nil {
+			c.opts.BeforeApply(len(chunk))
+		}
+		start := time.Now()
+		res, err := c.s.Apply(chunk)
+		if err != nil {
+			if errors.Is(err, ErrClosed) {
+				c.setErr(err)
+				return
+			}
+			if errors.Is(err, ErrOutOfOrder) {
+				chunk = nil // someone else moved the checkpoint: read again from it
+			}
+			if !fail("dedup: apply chunk", err) {
+				return
+			}
+			continue
+		}
+		took := time.Since(start)
+		n := len(chunk)
+		chunk, backoff = nil, 0
+		c.setErr(nil)
+		if c.opts.OnApply != nil {
+			c.opts.OnApply(n, res.Unique, res.Duplicates, took)
+		}
+		if c.opts.afterApply != nil {
+			if err := c.opts.afterApply(res.Checkpoint); err != nil {
+				return
+			}
+		}
+		if err := c.src.TruncateFront(res.Checkpoint + 1); err != nil {
+			c.log.Warn("dedup: truncate log front", "offset", res.Checkpoint+1, "err", err)
+		}
+	}
+}
+
+// readChunk reads up to ChunkEntries records from offset next, waiting up to
+// ChunkDelay for more appends while the chunk is not full.
+func (c *Consumer) readChunk(next uint64) ([]Entry, error) {
+	entries := make([]Entry, 0, min(c.opts.ChunkEntries, 1024))
+	read := func(from uint64) error {
+		return c.src.Read(from, c.opts.ChunkEntries-len(entries), func(off uint64, data []byte) error {
+			ev, err := event.Decode(data)
+			if err != nil {
+				// Apply counts an entry without topic as malformed, so the
+				// checkpoint still covers it.
+				c.log.Error("dedup: undecodable log record skipped", "offset", off, "err", err)
+				ev = event.Event{}
+			}
+			entries = append(entries, Entry{Offset: off, Event: ev})
+			return nil
+		})
+	}
+	if err := read(next); err != nil {
+		return nil, err
+	}
+	if len(entries) >= c.opts.ChunkEntries || c.opts.ChunkDelay < 0 || len(entries) == 0 {
+		return entries, nil
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, c.opts.ChunkDelay)
+	defer cancel()
+	for len(entries) < c.opts.ChunkEntries {
+		last := next + uint64(len(entries)) - 1
+		if c.src.Wait(ctx, last) != nil {
+			break // delay over (or closing): apply what we have
+		}
+		if err := read(last + 1); err != nil {
+			return nil, err
+		}
+	}
+	return entries, nil
+}

@@ -1,0 +1,211 @@
+package dedup
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/aggregator-dev/aggregator/event"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Page size bounds for List.
+const (
+	// DefaultListLimit is the page size when ListQuery.Limit <= 0.
+	DefaultListLimit = 100
+	// MaxListLimit caps ListQuery.Limit.
+	MaxListLimit = 10000
+	// maxCursorLen bounds the length of a cursor string List accepts.
+	maxCursorLen = 4096
+)
+
+// Cursor layout (before base64url without padding):
+//
+//	version (1) | kind (kindTopic or kindAll) | uvarint len(topic) | topic | idx key (20 bytes)
+//
+// A cursor names the last event of the previous page. A by-topic cursor is
+// accepted only for the same topic, an all-topics cursor only without one.
+const (
+	cursorVersion = 1
+	kindTopic     = 1
+	kindAll       = 2
+)
+
+type cursor struct {
+	kind  byte
+	topic string
+	key   []byte // idx key, idxKeyLen bytes
+}
+
+func encodeCursor(c cursor) string {
+	b := make([]byte, 0, 2+binary.MaxVarintLen64+len(c.topic)+len(c.key))
+	b = append(b, cursorVersion, c.kind)
+	b = binary.AppendUvarint(b, uint64(len(c.topic)))
+	b = append(b, c.topic...)
+	b = append(b, c.key...)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// decodeCursor parses a cursor made by encodeCursor. Every failure wraps
+// event.ErrBadCursor.
+func decodeCursor(s string) (cursor, error) {
+	if len(s) > maxCursorLen {
+		return cursor{}, fmt.Errorf("%w: too long", event.ErrBadCursor)
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return cursor{}, fmt.Errorf("%w: not base64url", event.ErrBadCursor)
+	}
+	if len(b) < 2 || b[0] != cursorVersion || (b[1] != kindTopic && b[1] != kindAll) {
+		return cursor{}, fmt.Errorf("%w: unknown version or kind", event.ErrBadCursor)
+	}
+	c := cursor{kind: b[1]}
+	b = b[2:]
+	n, w := binary.Uvarint(b)
+	if w <= 0 || n == 0 || n > uint64(len(b)-w) {
+		return cursor{}, fmt.Errorf("%w: topic", event.ErrBadCursor)
+	}
+	c.topic = string(b[w : w+int(n)])
+	c.key = b[w+int(n):]
+	if _, _, ok := parseIdxKey(c.key); !ok {
+		return cursor{}, fmt.Errorf("%w: position", event.ErrBadCursor)
+	}
+	return c, nil
+}
+
+// List returns one page of stored events: of q.Topic in (timestamp, offset)
+// order, or of all topics in (topic, timestamp, offset) order when q.Topic is
+// empty. q.Limit <= 0 means DefaultListLimit; it is capped at MaxListLimit.
+// q.Cursor is "" or the NextCursor of a previous page of the same query; any
+// other cursor yields an error wrapping event.ErrBadCursor. Events stored
+// after a cursor was made appear on later pages if they sort after it.
+func (s *Store) List(q event.ListQuery) (event.Page, error) {
+	if s.closed.Load() {
+		return event.Page{}, ErrClosed
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = DefaultListLimit
+	}
+	limit = min(limit, MaxListLimit)
+	var after *cursor
+	if q.Cursor != "" {
+		c, err := decodeCursor(q.Cursor)
+		if err != nil {
+			return event.Page{}, err
+		}
+		if (q.Topic == "") != (c.kind == kindAll) || (q.Topic != "" && c.topic != q.Topic) {
+			return event.Page{}, fmt.Errorf("%w: made for another query", event.ErrBadCursor)
+		}
+		after = &c
+	}
+	var page event.Page
+	err := s.db.View(func(tx *bolt.Tx) error {
+		it := pageIter{idx: tx.Bucket(bucketIdx), limit: limit}
+		if q.Topic != "" {
+			it.topicOnly = true
+		}
+		if err := it.run(q.Topic, after); err != nil {
+			return err
+		}
+		page = it.page
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+			return event.Page{}, ErrClosed
+		}
+		return event.Page{}, fmt.Errorf("list events: %w", err)
+	}
+	if page.Events == nil {
+		page.Events = []event.Stored{}
+	}
+	return page, nil
+}
+
+// pageIter collects up to limit events and looks one further to decide
+// whether there is a next page.
+type pageIter struct {
+	idx       *bolt.Bucket
+	limit     int
+	topicOnly bool
+	page      event.Page
+}
+
+// run walks from the position after `after` (or the start) of topic (or of
+// all topics when topic is "").
+func (it *pageIter) run(topic string, after *cursor) error {
+	if it.topicOnly {
+		b := it.idx.Bucket([]byte(topic))
+		if b == nil {
+			return nil
+		}
+		var key []byte
+		if after != nil {
+			key = after.key
+		}
+		_, err := it.walkTopic(topic, b, key)
+		return err
+	}
+	tc := it.idx.Cursor()
+	var tk []byte
+	var key []byte
+	if after == nil {
+		tk, _ = tc.First()
+	} else {
+		tk, _ = tc.Seek([]byte(after.topic))
+		if tk != nil && string(tk) == after.topic {
+			key = after.key
+		}
+	}
+	for ; tk != nil; tk, _ = tc.Next() {
+		b := it.idx.Bucket(tk)
+		if b == nil {
+			continue
+		}
+		full, err := it.walkTopic(string(tk), b, key)
+		if err != nil || full {
+			return err
+		}
+		key = nil
+	}
+	return nil
+}
+
+// walkTopic appends events of one topic bucket after key (from its start when
+// key is nil). It returns full=true once the page is complete, having set
+// NextCursor when a further event exists.
+func (it *pageIter) walkTopic(topic string, b *bolt.Bucket, key []byte) (full bool, err error) {
+	c := b.Cursor()
+	var k, v []byte
+	if key == nil {
+		k, v = c.First()
+	} else if k, v = c.Seek(key); k != nil && bytes.Equal(k, key) {
+		k, v = c.Next()
+	}
+	for ; k != nil; k, v = c.Next() {
+		if len(it.page.Events) == it.limit {
+			last := it.page.Events[len(it.page.Events)-1]
+			kind := byte(kindAll)
+			if it.topicOnly {
+				kind = kindTopic
+			}
+			it.page.NextCursor = encodeCursor(cursor{kind: kind, topic: last.Topic,
+				key: appendIdxKey(nil, last.Timestamp, last.Offset)})
+			return true, nil
+		}
+		_, off, ok := parseIdxKey(k)
+		if !ok {
+			return false, fmt.Errorf("topic %q: bad index key %x", topic, k)
+		}
+		e, err := event.Decode(bytes.Clone(v)) // v lives in the mmap only during the transaction
+		if err != nil {
+			return false, fmt.Errorf("topic %q offset %d: %w", topic, off, err)
+		}
+		it.page.Events = append(it.page.Events, event.Stored{Event: e, Offset: off})
+	}
+	return false, nil
+}

@@ -1,0 +1,253 @@
+package dedup
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Defaults used for zero Options fields.
+const (
+	// DefaultExpectedKeys is the number of keys the bloom filter is sized for
+	// when Options.ExpectedKeys is 0.
+	DefaultExpectedKeys = 1 << 20
+	// DefaultFalsePositiveRate is the bloom filter's target false-positive
+	// rate when Options.FalsePositiveRate is 0.
+	DefaultFalsePositiveRate = 0.01
+	// DefaultLockTimeout is how long Open waits for the database file lock
+	// when Options.LockTimeout is 0.
+	DefaultLockTimeout = time.Second
+)
+
+// formatVersion is stored in the meta bucket; Open refuses other versions.
+const formatVersion = 1
+
+// Bucket names and meta keys.
+var (
+	bucketSeen   = []byte("seen")
+	bucketIdx    = []byte("idx")
+	bucketTopics = []byte("topics")
+	bucketMeta   = []byte("meta")
+
+	metaVersion    = []byte("version")
+	metaCheckpoint = []byte("checkpoint")
+	metaUnique     = []byte("unique")
+	metaDuplicates = []byte("duplicates")
+	metaMalformed  = []byte("malformed")
+)
+
+var (
+	// ErrClosed is returned by Apply, List and Stats after Close.
+	ErrClosed = errors.New("dedup: closed")
+	// ErrLocked is returned by Open when another process holds the database
+	// file lock for longer than Options.LockTimeout.
+	ErrLocked = errors.New("dedup: database locked")
+	// ErrFormat is returned by Open when the database was written in a format
+	// this version does not understand.
+	ErrFormat = errors.New("dedup: unsupported database format")
+	// ErrOutOfOrder is returned by Apply when the entries above the checkpoint
+	// are not consecutive offsets starting at Checkpoint()+1.
+	ErrOutOfOrder = errors.New("dedup: entries out of order")
+)
+
+// Options configure a Store. A nil *Options, or a zero field, means the
+// documented default.
+type Options struct {
+	// ExpectedKeys is the number of distinct keys the bloom filter is sized
+	// for (default DefaultExpectedKeys). When more keys are stored, the filter
+	// is rebuilt with twice the stored keys.
+	ExpectedKeys uint
+	// FalsePositiveRate is the target false-positive rate of the bloom filter
+	// at ExpectedKeys keys (default DefaultFalsePositiveRate; valid range
+	// (0, 0.5]).
+	FalsePositiveRate float64
+	// LockTimeout bounds the wait for the database file lock (default
+	// DefaultLockTimeout); when it passes Open fails with ErrLocked.
+	LockTimeout time.Duration
+	// Logger receives operational messages (nil discards them).
+	Logger *slog.Logger
+
+	// FailCommit is a test seam: when set, it is called inside every Apply
+	// transaction just before the commit, and a non-nil error aborts the
+	// transaction as a failed write would (use it to simulate a full disk:
+	// return syscall.ENOSPC). Apply then returns the error wrapped.
+	FailCommit func() error
+
+	// Unexported seams for this package's tests and benchmarks.
+	noSync        bool                           // skip fdatasync (benchmark fixtures only)
+	rebuildBatch  int                            // keys per read transaction of a rebuild
+	onRebuildStep func(scanned int, grow bool) error // called after each rebuild batch
+}
+
+// Stats is a snapshot of the durable counters and of the bloom filter.
+type Stats struct {
+	Unique     uint64 // unique events stored (= Keys)
+	Duplicates uint64 // entries dropped as duplicates
+	Malformed  uint64 // entries skipped as invalid (empty topic or event ID)
+	Checkpoint uint64 // last applied log offset; Unique+Duplicates+Malformed when the log starts at 1
+	Topics     map[string]uint64
+	Keys       uint64  // keys in the seen set
+	BloomBits  uint64  // size of the bloom filter in bits
+	BloomK     uint64  // hash functions of the bloom filter
+	BloomFPEstimate float64 // analytic false-positive rate at the current number of keys
+}
+
+// Store is the deduplicating index. Apply is serialised internally; List,
+// Stats and Checkpoint may run concurrently with it.
+type Store struct {
+	db     *bolt.DB
+	log    *slog.Logger
+	opts   Options
+	fpRate float64
+
+	applyMu    sync.Mutex // serialises Apply and the start of a rebuild
+	checkpoint atomic.Uint64
+	keys       atomic.Uint64 // stored keys (= unique); written under applyMu
+	bloom      *guardedFilter
+	growing    atomic.Bool // a bloom rebuild is running
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+	stop      chan struct{} // closed by Close; stops a running rebuild
+	wg        sync.WaitGroup
+	closeErr  error
+}
+
+// Open opens or creates the index database at path, checks its format,
+// and builds the bloom filter from the stored keys before returning, so the
+// Store is ready for Apply.
+func Open(path string, opts *Options) (*Store, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.ExpectedKeys == 0 {
+		o.ExpectedKeys = DefaultExpectedKeys
+	}
+	if o.FalsePositiveRate <= 0 || o.FalsePositiveRate > 0.5 {
+		o.FalsePositiveRate = DefaultFalsePositiveRate
+	}
+	if o.LockTimeout <= 0 {
+		o.LockTimeout = DefaultLockTimeout
+	}
+	if o.rebuildBatch <= 0 {
+		o.rebuildBatch = 64 << 10
+	}
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout: o.LockTimeout,
+		// The freelist is rebuilt by a page scan at open instead of being
+		// written at every commit: cheaper commits for an append-mostly DB.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+		NoSync:         o.noSync,
+	})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	s := &Store{db: db, log: logger, opts: o, fpRate: o.FalsePositiveRate, stop: make(chan struct{})}
+	if err := s.init(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	capacity := max(o.ExpectedKeys, uint(s.keys.Load())*2)
+	f, scanned, err := s.buildFilter(capacity, false)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("build bloom filter: %w", err)
+	}
+	if uint64(scanned) != s.keys.Load() {
+		_ = db.Close()
+		return nil, fmt.Errorf("build bloom filter: %d seen keys but %d unique events counted", scanned, s.keys.Load())
+	}
+	s.bloom = newGuardedFilter(f, capacity)
+	return s, nil
+}
+
+// init creates the buckets of a new database or checks an existing one, and
+// loads the checkpoint and key count.
+func (s *Store) init() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketSeen, bucketIdx, bucketTopics} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return fmt.Errorf("create bucket meta: %w", err)
+		}
+		switch v := meta.Get(metaVersion); {
+		case v == nil:
+			if err := meta.Put(metaVersion, putU64(formatVersion)); err != nil {
+				return fmt.Errorf("write version: %w", err)
+			}
+		case u64(v) != formatVersion:
+			return fmt.Errorf("%w: version %d", ErrFormat, u64(v))
+		}
+		s.checkpoint.Store(u64(meta.Get(metaCheckpoint)))
+		s.keys.Store(u64(meta.Get(metaUnique)))
+		return nil
+	})
+}
+
+// Checkpoint returns the last log offset whose effects are committed (0 for
+// a new store).
+func (s *Store) Checkpoint() uint64 { return s.checkpoint.Load() }
+
+// Stats reads the durable counters in one short read transaction and adds the
+// bloom filter's figures.
+func (s *Store) Stats() (Stats, error) {
+	if s.closed.Load() {
+		return Stats{}, ErrClosed
+	}
+	st := Stats{Topics: make(map[string]uint64)}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		st.Checkpoint = u64(meta.Get(metaCheckpoint))
+		st.Unique = u64(meta.Get(metaUnique))
+		st.Duplicates = u64(meta.Get(metaDuplicates))
+		st.Malformed = u64(meta.Get(metaMalformed))
+		st.Keys = st.Unique
+		return tx.Bucket(bucketTopics).ForEach(func(k, v []byte) error {
+			st.Topics[string(k)] = u64(v)
+			return nil
+		})
+	})
+	if err != nil {
+		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+			return Stats{}, ErrClosed
+		}
+		return Stats{}, fmt.Errorf("read stats: %w", err)
+	}
+	st.BloomBits, st.BloomK, st.BloomFPEstimate = s.bloom.figures(st.Keys)
+	return st, nil
+}
+
+// Close stops a running bloom rebuild, waits for it and closes the database.
+// Calling Close again returns the first call's result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.stop)
+		s.applyMu.Lock() // wait for a running Apply; none starts a rebuild after this
+		defer s.applyMu.Unlock()
+		s.wg.Wait()
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("close index: %w", err)
+		}
+	})
+	return s.closeErr
+}
