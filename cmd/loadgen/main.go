@@ -1,0 +1,253 @@
+// Command loadgen is the Aggregator's publisher, verifier and crash drill.
+//
+//	loadgen publish [flags]   publish generated events to a running service
+//	loadgen verify  [flags]   check that every acknowledged event is listed once
+//	loadgen drill   [flags]   kill -9 / restart / verify cycles on the real binary
+//
+// It only talks to 127.0.0.1. Exit status: 0 on success, 1 when a check
+// failed (a request not acknowledged, an acknowledged event missing, an event
+// listed twice, counters that disagree, a failed drill case), 2 on a usage or
+// operational error.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/term"
+)
+
+const (
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `usage: loadgen <command> [flags]
+
+commands:
+  publish   publish generated events to a running aggregator
+  verify    check an acklog against GET /events and GET /stats
+  drill     crash drill: kill -9, restart and verify the real binary
+
+run "loadgen <command> -h" for the flags of a command.
+`
+
+// run executes one command line and returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "publish":
+		return runPublish(ctx, args[1:], stdout, stderr)
+	case "verify":
+		return runVerify(ctx, args[1:], stdout, stderr)
+	case "drill":
+		return runDrill(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "loadgen: unknown command %q\n%s", args[0], usage)
+		return exitUsage
+	}
+}
+
+func defaultTarget() string {
+	if a := os.Getenv("AGG_ADDR"); a != "" {
+		return "http://" + a
+	}
+	return "http://127.0.0.1:8080"
+}
+
+// randomRunID returns 8 random hex characters.
+func randomRunID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// genFlags registers the event generation flags on fs.
+func genFlags(fs *flag.FlagSet, g *genConfig, events, batch int, format *string) {
+	fs.IntVar(&g.Events, "events", events, "total events to send, duplicates included")
+	fs.IntVar(&g.Batch, "batch", batch, "events per request")
+	fs.StringVar(format, "format", "auto", "request body: object (batch 1), array, ndjson, or auto (object for batch 1, else array)")
+	fs.IntVar(&g.PayloadSize, "payload", 256, "bytes of each event's payload object")
+	fs.Float64Var(&g.DupFraction, "dup", 0.2, "fraction of events that repeat an event of an earlier request, in [0,1)")
+	fs.IntVar(&g.Topics, "topics", 4, "number of topics")
+	fs.Uint64Var(&g.Seed, "seed", uint64(time.Now().UnixNano()), "random seed (which events repeat, drill kill moments)")
+}
+
+func resolveFormat(format string, batch int) string {
+	if format == "auto" {
+		if batch == 1 {
+			return formatObject
+		}
+		return formatArray
+	}
+	return format
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("loadgen publish", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var g genConfig
+	var format string
+	genFlags(fs, &g, 100000, 100, &format)
+	target := fs.String("target", defaultTarget(), "base URL of the service (127.0.0.1 only)")
+	conc := fs.Int("concurrency", 16, "concurrent publishers (one keep-alive connection each)")
+	runID := fs.String("run-id", "", "prefix that makes event ids unique per run (default random)")
+	maxDur := fs.Duration("duration", 10*time.Minute, "time cap: no request starts after it")
+	ackPath := fs.String("acklog", "", "append every acknowledged topic<TAB>event_id to this file")
+	jsonOut := fs.Bool("json", false, "print the summary as one JSON line")
+	every := fs.Duration("progress-interval", 5*time.Second, "interval of progress lines when stderr is not a terminal")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	base, err := checkTarget(*target)
+	if err != nil {
+		fmt.Fprintln(stderr, "loadgen:", err)
+		return exitUsage
+	}
+	if *conc < 1 || *conc > 4096 {
+		fmt.Fprintln(stderr, "loadgen: concurrency must be in [1, 4096]")
+		return exitUsage
+	}
+	if *maxDur <= 0 || *every <= 0 {
+		fmt.Fprintln(stderr, "loadgen: duration and progress-interval must be positive")
+		return exitUsage
+	}
+	g.RunID = *runID
+	if g.RunID == "" {
+		g.RunID = randomRunID()
+	}
+	g.Format = resolveFormat(format, g.Batch)
+
+	buildStart := time.Now()
+	p, err := buildPlan(g)
+	if err != nil {
+		fmt.Fprintln(stderr, "loadgen:", err)
+		return exitUsage
+	}
+	var bodyBytes int
+	for i := range p.requests {
+		bodyBytes += len(p.requests[i].body)
+	}
+	fmt.Fprintf(stderr, "loadgen: run %s: %d events (%d unique, %d duplicates) in %d requests of %d (%s, %.1f MB) built in %s\n",
+		g.RunID, p.events, p.unique, p.duplicates, len(p.requests), g.Batch, g.Format,
+		float64(bodyBytes)/1e6, time.Since(buildStart).Round(time.Millisecond))
+
+	var acks *ackLog
+	if *ackPath != "" {
+		f, err := os.OpenFile(*ackPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			fmt.Fprintln(stderr, "loadgen: open acklog:", err)
+			return exitUsage
+		}
+		defer f.Close()
+		acks = newAckLog(f)
+	}
+	client := newClient(*conc)
+	defer client.CloseIdleConnections()
+	pb := &publisher{client: client, url: base + "/publish", plan: p, concurrency: *conc, acks: acks}
+	prog := startProgress(stderr, isTerminal(stderr), *every, pb, p.events)
+	res := pb.run(ctx, nil, *maxDur)
+	prog.Stop()
+	if acks != nil {
+		if err := acks.Flush(); err != nil {
+			fmt.Fprintln(stderr, "loadgen:", err)
+			return exitUsage
+		}
+	}
+	sum := newSummary(g, *conc, p, res)
+	if *jsonOut {
+		b, _ := json.Marshal(sum)
+		fmt.Fprintln(stdout, string(b))
+	} else {
+		sum.print(stdout)
+	}
+	if res.FirstError != "" {
+		fmt.Fprintln(stderr, "loadgen: first error:", res.FirstError)
+	}
+	if res.EventsAcked != p.events {
+		return exitFail
+	}
+	return exitOK
+}
+
+func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("loadgen verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	target := fs.String("target", defaultTarget(), "base URL of the service (127.0.0.1 only)")
+	ackPath := fs.String("acklog", "", "acklog written by publish (without it only duplicates and counters are checked)")
+	page := fs.Int("page", 1000, "events per GET /events page")
+	wait := fs.Duration("wait", 30*time.Second, "wait up to this long for consumer lag 0 first (0: do not wait)")
+	timeout := fs.Duration("timeout", 5*time.Minute, "bound on the whole listing")
+	jsonOut := fs.Bool("json", false, "print the report as one JSON line")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	base, err := checkTarget(*target)
+	if err != nil {
+		fmt.Fprintln(stderr, "loadgen:", err)
+		return exitUsage
+	}
+	acked := map[key]struct{}{}
+	if *ackPath != "" {
+		f, err := os.Open(*ackPath)
+		if err != nil {
+			fmt.Fprintln(stderr, "loadgen:", err)
+			return exitUsage
+		}
+		acked, _, err = readAckLog(f)
+		f.Close()
+		if err != nil {
+			fmt.Fprintln(stderr, "loadgen:", err)
+			return exitUsage
+		}
+	}
+	client := newClient(1)
+	defer client.CloseIdleConnections()
+	rep, err := verify(ctx, client, verifyConfig{Base: base, Acked: acked, PageSize: *page, Wait: *wait, Timeout: *timeout})
+	if err != nil {
+		fmt.Fprintln(stderr, "loadgen: verify:", err)
+		return exitUsage
+	}
+	if *jsonOut {
+		b, _ := json.Marshal(rep)
+		fmt.Fprintln(stdout, string(b))
+	} else {
+		fmt.Fprintln(stdout, "verify:", rep)
+	}
+	if !rep.OK() {
+		return exitFail
+	}
+	return exitOK
+}
+
+// errUsage marks flag errors of the drill.
+var errUsage = errors.New("loadgen: usage")
