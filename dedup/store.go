@@ -80,21 +80,21 @@ type Options struct {
 	FailCommit func() error
 
 	// Unexported seams for this package's tests and benchmarks.
-	noSync        bool                           // skip fdatasync (benchmark fixtures only)
-	rebuildBatch  int                            // keys per read transaction of a rebuild
+	noSync        bool                               // skip fdatasync (benchmark fixtures only)
+	rebuildBatch  int                                // keys per read transaction of a rebuild
 	onRebuildStep func(scanned int, grow bool) error // called after each rebuild batch
 }
 
 // Stats is a snapshot of the durable counters and of the bloom filter.
 type Stats struct {
-	Unique     uint64 // unique events stored (= Keys)
-	Duplicates uint64 // entries dropped as duplicates
-	Malformed  uint64 // entries skipped as invalid (empty topic or event ID)
-	Checkpoint uint64 // last applied log offset; Unique+Duplicates+Malformed when the log starts at 1
-	Topics     map[string]uint64
-	Keys       uint64  // keys in the seen set
-	BloomBits  uint64  // size of the bloom filter in bits
-	BloomK     uint64  // hash functions of the bloom filter
+	Unique          uint64 // unique events stored (= Keys)
+	Duplicates      uint64 // entries dropped as duplicates
+	Malformed       uint64 // entries skipped as invalid (empty topic or event ID)
+	Checkpoint      uint64 // last applied log offset; Unique+Duplicates+Malformed when the log starts at 1
+	Topics          map[string]uint64
+	Keys            uint64  // keys in the seen set
+	BloomBits       uint64  // size of the bloom filter in bits
+	BloomK          uint64  // hash functions of the bloom filter
 	BloomFPEstimate float64 // analytic false-positive rate at the current number of keys
 }
 
