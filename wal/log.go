@@ -1,0 +1,749 @@
+package wal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	twal "github.com/tidwall/wal"
+)
+
+// Defaults for the zero fields of Options.
+const (
+	DefaultSegmentSize     = 16 << 20
+	DefaultMaxBatchRecords = 1 << 16
+	DefaultMaxBatchBytes   = 16 << 20
+	DefaultCacheRecords    = 1 << 16
+	DefaultCacheBytes      = 64 << 20
+	DefaultRetryInterval   = time.Second
+)
+
+// Log keys.
+const (
+	logKeySegment       = "segment"
+	logKeyOffset        = "offset"
+	logKeyBytes         = "bytes"
+	logKeyReason        = "reason"
+	logKeyErr           = "err"
+	logKeyMovedSegments = "moved_segments"
+	logKeyAside         = "aside"
+)
+
+// Fault names an I/O step at which Options.InjectFault can make the log fail,
+// so that tests can exercise the failure paths without a broken disk.
+type Fault int
+
+const (
+	// FaultWrite is checked after a group commit was handed to the segment
+	// file (tidwall/wal WriteBatch) and before its fsync: an error here acts
+	// like a failed write(2) whose bytes may or may not have reached the file.
+	FaultWrite Fault = iota + 1
+	// FaultSync is checked instead of the fsync of the tail segment; an error
+	// here acts like a failed fsync(2).
+	FaultSync
+	// FaultSyncDir is checked before the directory fsync that follows the
+	// creation of a segment.
+	FaultSyncDir
+	// FaultRecover is checked at the start of every recovery attempt after a
+	// failure; an error keeps the log unavailable.
+	FaultRecover
+)
+
+func (f Fault) String() string {
+	switch f {
+	case FaultWrite:
+		return "write"
+	case FaultSync:
+		return "sync"
+	case FaultSyncDir:
+		return "sync-dir"
+	case FaultRecover:
+		return "recover"
+	}
+	return fmt.Sprintf("fault(%d)", int(f))
+}
+
+// Options configures a Log. A nil *Options and zero fields mean the defaults.
+type Options struct {
+	// SegmentSize is the size in bytes at which a segment file is closed and
+	// a new one started (tidwall/wal's SegmentSize). Default 16 MiB.
+	// Retention frees whole segments, so the log keeps at most about one
+	// segment more than the unconsumed records.
+	SegmentSize int
+
+	// Logger receives warnings about cut torn tails, repairs and I/O
+	// failures. Default: discard.
+	Logger *slog.Logger
+
+	// Repair makes Open cut the log at a damaged record that was already
+	// acknowledged (anything but a torn tail), instead of failing with a
+	// *CorruptionError. The damaged segment is first copied to the damaged/
+	// subdirectory of the log and every later segment is moved there.
+	// Records from the damaged one on are dropped and their offsets are
+	// given to new appends. Meant for an operator's explicit decision.
+	Repair bool
+
+	// OnCommit, when set, is called by the writer goroutine after each
+	// group commit with the number of records and bytes (bodies) it made
+	// durable and the time its fsync took. It must be quick.
+	OnCommit func(records, bytes int, fsync time.Duration)
+
+	// MaxBatchRecords and MaxBatchBytes bound one group commit. A single
+	// Append larger than them is still written whole, as one commit.
+	// Defaults 65536 records and 16 MiB.
+	MaxBatchRecords int
+	MaxBatchBytes   int
+
+	// CacheRecords and CacheBytes bound the in-memory copy of the most
+	// recently committed records from which Read serves readers that keep
+	// up, without touching the disk or the writer. Defaults 65536 records
+	// and 64 MiB.
+	CacheRecords int
+	CacheBytes   int
+
+	// RetryInterval is how often the writer retries recovery on its own
+	// while the log is unavailable and no Append arrives. Default 1s.
+	RetryInterval time.Duration
+
+	// InjectFault, when set, is called at each Fault step; a non-nil result
+	// makes that step fail with it. For tests only.
+	InjectFault func(Fault) error
+}
+
+func (o *Options) withDefaults() Options {
+	var r Options
+	if o != nil {
+		r = *o
+	}
+	if r.SegmentSize <= 0 {
+		r.SegmentSize = DefaultSegmentSize
+	}
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if r.MaxBatchRecords <= 0 {
+		r.MaxBatchRecords = DefaultMaxBatchRecords
+	}
+	if r.MaxBatchBytes <= 0 {
+		r.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if r.CacheRecords <= 0 {
+		r.CacheRecords = DefaultCacheRecords
+	}
+	if r.CacheBytes <= 0 {
+		r.CacheBytes = DefaultCacheBytes
+	}
+	if r.RetryInterval <= 0 {
+		r.RetryInterval = DefaultRetryInterval
+	}
+	return r
+}
+
+// Stats is a snapshot of the log's size.
+type Stats struct {
+	FirstOffset uint64 // first record still in the log (LastOffset+1 when empty)
+	LastOffset  uint64 // last acknowledged record, 0 when nothing was ever written
+	Segments    int    // segment files
+	Bytes       int64  // bytes in segment files (acknowledged records only)
+}
+
+// Log is a write-ahead log of records with contiguous offsets. It is safe for
+// concurrent use. See the package documentation for its guarantees.
+type Log struct {
+	dir  string
+	opts Options
+	log  *slog.Logger
+	lock *os.File
+
+	// Owned by the writer goroutine (and by Open before it starts and Close
+	// after it ended).
+	tw        *twal.Log
+	tailFile  *os.File // the tail segment, opened by us for fsync
+	tailBytes int64    // size tidwall/wal believes the tail segment has
+	batch     twal.Batch
+	frame     []byte
+	cuts      []cut
+	lastBatch int // bytes of the last failed commit, sizes the recovery probe
+
+	// The queue of appends.
+	qmu     sync.Mutex
+	pending []*request
+	spare   []*request
+	closing bool
+	kick    chan struct{}
+	quit    chan struct{}
+	done    chan struct{}
+
+	// Committed state, read by everyone, written by the writer and by
+	// TruncateFront.
+	mu     sync.RWMutex
+	segs   []segment // segs[len(segs)-1] is the tail; its size is durable
+	first  uint64
+	last   atomic.Uint64
+	notify chan struct{} // closed and replaced after each commit
+	closed bool
+
+	state atomic.Pointer[error] // non-nil while appends are refused
+
+	cache   tailCache
+	reader  diskReader
+	truncMu sync.Mutex
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// request is one Append call waiting for the writer.
+type request struct {
+	ctx         context.Context
+	recs        [][]byte
+	bytes       int
+	taken       bool // the writer owns it (under qmu)
+	cancelled   bool // the caller gave up before it was taken (under qmu)
+	first, last uint64
+	err         error
+	done        chan struct{}
+}
+
+// cut is a segment change inside one group commit, predicted from
+// tidwall/wal's rule: the tail is closed once it reaches SegmentSize.
+type cut struct {
+	next     uint64 // first offset of the new segment
+	prevSize int64  // final size of the segment closed before it
+}
+
+// Open opens (creating if needed) the log in dir. It verifies every record,
+// cuts a torn tail off the last segment (logging a warning), and fails with
+// a *CorruptionError on damage in an acknowledged record unless
+// opts.Repair is set. See Options for the defaults.
+func Open(dir string, opts *Options) (*Log, error) {
+	o := opts.withDefaults()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	l := &Log{
+		dir:    dir,
+		opts:   o,
+		log:    o.Logger,
+		lock:   lock,
+		kick:   make(chan struct{}, 1),
+		quit:   make(chan struct{}),
+		done:   make(chan struct{}),
+		notify: make(chan struct{}),
+	}
+	if err := l.load(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	go l.run()
+	return l, nil
+}
+
+// load verifies the segments, repairs what may be repaired and opens
+// tidwall/wal on the result.
+func (l *Log) load() error {
+	segs, err := listSegments(l.dir)
+	if err != nil {
+		return err
+	}
+	last, dmg, err := l.checkSegments(segs)
+	if err != nil {
+		return err
+	}
+	if dmg != nil {
+		cerr := &CorruptionError{Segment: filepath.Base(segs[dmg.seg].path), Offset: dmg.offset, Pos: dmg.pos, Err: dmg.err}
+		if !l.opts.Repair {
+			return cerr
+		}
+		if segs, err = l.repair(segs, dmg); err != nil {
+			return err
+		}
+		if last, dmg, err = l.checkSegments(segs); err != nil {
+			return err
+		}
+		if dmg != nil {
+			return fmt.Errorf("repair left damage: %w", cerr)
+		}
+	}
+	if len(segs) == 0 {
+		segs = []segment{{index: 1, path: filepath.Join(l.dir, segmentName(1))}}
+	}
+	if err := l.openTail(segs[len(segs)-1]); err != nil {
+		return err
+	}
+	if got, err := l.tw.LastIndex(); err != nil || got != last {
+		return errors.Join(fmt.Errorf("open: tidwall/wal sees last index %d, expected %d: %w", got, last, err), l.closeTail())
+	}
+	l.segs = segs
+	l.first = segs[0].index
+	l.last.Store(last)
+	l.cache.init(l.opts.CacheRecords, l.opts.CacheBytes)
+	return nil
+}
+
+func (l *Log) tidwallOptions() *twal.Options {
+	return &twal.Options{
+		NoSync:           true, // the writer fsyncs the tail itself, outside tidwall/wal's lock
+		SegmentSize:      l.opts.SegmentSize,
+		LogFormat:        twal.Binary,
+		SegmentCacheSize: 1,
+		NoCopy:           true,
+		AllowEmpty:       true,
+		DirPerms:         0o700,
+		FilePerms:        0o600,
+	}
+}
+
+// openTail opens tidwall/wal and our fsync handle on the tail segment, and
+// fsyncs the directory (tidwall/wal creates the first segment of a new log).
+func (l *Log) openTail(tail segment) error {
+	tw, err := twal.Open(l.dir, l.tidwallOptions())
+	if err != nil {
+		return fmt.Errorf("open tidwall/wal: %w", err)
+	}
+	f, err := os.OpenFile(tail.path, os.O_RDWR, 0)
+	if err != nil {
+		return errors.Join(fmt.Errorf("open tail segment: %w", err), tw.Close())
+	}
+	if err := syncDir(l.dir); err != nil {
+		return errors.Join(err, f.Close(), tw.Close())
+	}
+	l.tw, l.tailFile, l.tailBytes = tw, f, tail.size
+	return nil
+}
+
+// closeTail closes tidwall/wal and our tail handle. tidwall/wal's Close
+// fsyncs first and, if that fails, leaves its file open; a second Close
+// then usually succeeds, since Linux reports a writeback error only once.
+func (l *Log) closeTail() error {
+	var err error
+	if l.tw != nil {
+		if err = l.tw.Close(); err != nil {
+			if err2 := l.tw.Close(); err2 == nil || errors.Is(err2, twal.ErrClosed) {
+				err = nil
+			}
+		}
+		l.tw = nil
+	}
+	if l.tailFile != nil {
+		err = errors.Join(err, l.tailFile.Close())
+		l.tailFile = nil
+	}
+	return err
+}
+
+// Append makes records durable as consecutive log entries and returns the
+// offsets of the first and the last. It returns only after the fsync that
+// covers them, together with whatever other appends were pending (group
+// commit). Append takes ownership of the record slices: the caller must not
+// modify them afterwards; readers get them as they are.
+//
+// If ctx ends before the writer took the records, they are not written and
+// ctx.Err() is returned; once taken, Append waits for the outcome of their
+// fsync. A write or fsync failure returns an error wrapping ErrUnavailable
+// and the cause; nothing of that commit is acknowledged. A call with no
+// records returns zeros and no error.
+func (l *Log) Append(ctx context.Context, records [][]byte) (first, last uint64, err error) {
+	if len(records) == 0 {
+		return 0, 0, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	r := &request{ctx: ctx, recs: records, done: make(chan struct{})}
+	for _, rec := range records {
+		r.bytes += len(rec)
+	}
+	l.qmu.Lock()
+	if l.closing {
+		l.qmu.Unlock()
+		return 0, 0, ErrClosed
+	}
+	l.pending = append(l.pending, r)
+	l.qmu.Unlock()
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case <-r.done:
+		return r.first, r.last, r.err
+	case <-ctx.Done():
+	}
+	l.qmu.Lock()
+	if !r.taken {
+		r.cancelled = true
+		l.qmu.Unlock()
+		return 0, 0, ctx.Err()
+	}
+	l.qmu.Unlock()
+	<-r.done
+	return r.first, r.last, r.err
+}
+
+// run is the writer goroutine: it gathers pending appends into group
+// commits until Close.
+func (l *Log) run() {
+	defer close(l.done)
+	retry := time.NewTimer(l.opts.RetryInterval)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		select {
+		case <-l.kick:
+			l.drain()
+		case <-retry.C:
+			if l.state.Load() != nil {
+				l.tryRecover()
+			}
+		case <-l.quit:
+			l.drain()
+			return
+		}
+		if l.state.Load() != nil {
+			retry.Reset(l.opts.RetryInterval)
+		}
+	}
+}
+
+// drain commits everything pending, in bounded group commits.
+func (l *Log) drain() {
+	for {
+		batch := l.take()
+		if len(batch) == 0 {
+			return
+		}
+		l.commit(batch)
+	}
+}
+
+// take removes the next group commit's requests from the queue.
+func (l *Log) take() []*request {
+	l.qmu.Lock()
+	defer l.qmu.Unlock()
+	var (
+		batch      []*request
+		recs, size int
+		i          int
+	)
+	for ; i < len(l.pending); i++ {
+		r := l.pending[i]
+		if r.cancelled {
+			continue
+		}
+		if len(batch) > 0 && (recs+len(r.recs) > l.opts.MaxBatchRecords || size+r.bytes > l.opts.MaxBatchBytes) {
+			break
+		}
+		r.taken = true
+		batch = append(batch, r)
+		recs += len(r.recs)
+		size += r.bytes
+	}
+	rest := append(l.spare[:0], l.pending[i:]...)
+	clear(l.pending)
+	l.spare = l.pending[:0]
+	l.pending = rest
+	return batch
+}
+
+// commit writes one group commit, fsyncs it and answers its callers.
+func (l *Log) commit(batch []*request) {
+	live := batch[:0]
+	for _, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			r.err = err
+			close(r.done)
+			continue
+		}
+		live = append(live, r)
+	}
+	batch = live
+	if len(batch) == 0 {
+		return
+	}
+	if l.state.Load() != nil && !l.tryRecover() {
+		err := *l.state.Load()
+		for _, r := range batch {
+			r.err = err
+			close(r.done)
+		}
+		return
+	}
+
+	// Frame the records and predict where tidwall/wal starts new segments.
+	first := l.last.Load() + 1
+	next := first
+	tail := l.tailBytes
+	l.cuts = l.cuts[:0]
+	if tail > int64(l.opts.SegmentSize) {
+		l.cuts = append(l.cuts, cut{next: first, prevSize: tail})
+		tail = 0
+	}
+	l.batch.Clear()
+	var records, size int
+	for _, r := range batch {
+		r.first = next
+		for _, rec := range r.recs {
+			var flags byte
+			if next == first {
+				flags = flagBatchStart
+			}
+			l.frame = appendFrame(l.frame[:0], next, flags, rec)
+			l.batch.Write(next, l.frame)
+			tail += int64(entrySize(len(l.frame)))
+			if tail >= int64(l.opts.SegmentSize) {
+				l.cuts = append(l.cuts, cut{next: next + 1, prevSize: tail})
+				tail = 0
+			}
+			next++
+			size += len(rec)
+		}
+		records += len(r.recs)
+		r.last = next - 1
+	}
+
+	fsyncTook, err := l.write()
+	if err != nil {
+		l.lastBatch = size
+		l.fail(batch, err)
+		return
+	}
+	l.publish(batch, first, next-1, tail)
+	for _, r := range batch {
+		close(r.done)
+	}
+	if l.opts.OnCommit != nil {
+		l.opts.OnCommit(records, size, fsyncTook)
+	}
+}
+
+// write hands the framed batch to tidwall/wal, then fsyncs the tail segment
+// and, when segments were created, the directory. It returns how long the
+// fsyncs took.
+func (l *Log) write() (time.Duration, error) {
+	if err := l.tw.WriteBatch(&l.batch); err != nil {
+		return 0, fmt.Errorf("write: %w", err)
+	}
+	if err := l.fault(FaultWrite); err != nil {
+		return 0, fmt.Errorf("write: %w", err)
+	}
+	if len(l.cuts) > 0 {
+		// tidwall/wal fsynced and closed the segments it left behind.
+		if err := l.tailFile.Close(); err != nil {
+			return 0, fmt.Errorf("close segment: %w", err)
+		}
+		l.tailFile = nil
+		f, err := os.OpenFile(filepath.Join(l.dir, segmentName(l.cuts[len(l.cuts)-1].next)), os.O_RDWR, 0)
+		if err != nil {
+			return 0, fmt.Errorf("open new segment: %w", err)
+		}
+		l.tailFile = f
+	}
+	start := time.Now()
+	err := l.fault(FaultSync)
+	if err == nil {
+		err = l.tailFile.Sync()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("sync: %w", err)
+	}
+	if len(l.cuts) > 0 {
+		err := l.fault(FaultSyncDir)
+		if err == nil {
+			err = syncDir(l.dir)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("new segment: %w", err)
+		}
+	}
+	return time.Since(start), nil
+}
+
+func (l *Log) fault(f Fault) error {
+	if l.opts.InjectFault == nil {
+		return nil
+	}
+	return l.opts.InjectFault(f)
+}
+
+// publish makes a durable group commit visible to readers.
+func (l *Log) publish(batch []*request, first, last uint64, tail int64) {
+	l.cache.push(first, batch)
+	l.mu.Lock()
+	for _, c := range l.cuts {
+		l.segs[len(l.segs)-1].size = c.prevSize
+		l.segs = append(l.segs, segment{index: c.next, path: filepath.Join(l.dir, segmentName(c.next))})
+	}
+	l.segs[len(l.segs)-1].size = tail
+	l.last.Store(last)
+	close(l.notify)
+	l.notify = make(chan struct{})
+	l.mu.Unlock()
+	l.tailBytes = tail
+}
+
+// fail answers a failed group commit and brings the log back to its last
+// durable state.
+func (l *Log) fail(batch []*request, cause error) {
+	err := unavailable(cause)
+	for _, r := range batch {
+		r.first, r.last, r.err = 0, 0, err
+		close(r.done)
+	}
+	l.log.Error("wal: group commit failed, nothing of it acknowledged", logKeyErr, cause)
+	l.state.Store(&err)
+	l.tryRecover()
+}
+
+// tryRecover tries to bring the log back to its last durable state: close
+// tidwall/wal, drop what the failed commits left in the files, reopen, and
+// check with a test write that the disk takes data again. It reports
+// whether the log accepts appends again.
+func (l *Log) tryRecover() bool {
+	err := l.recover()
+	if err != nil {
+		err = unavailable(fmt.Errorf("recover: %w", err))
+		l.state.Store(&err)
+		l.log.Warn("wal: log unavailable, recovery failed", logKeyErr, err)
+		return false
+	}
+	if l.state.Swap(nil) != nil {
+		l.log.Info("wal: log recovered, accepting appends")
+	}
+	return true
+}
+
+func (l *Log) recover() error {
+	if err := l.fault(FaultRecover); err != nil {
+		return err
+	}
+	if err := l.closeTail(); err != nil {
+		l.log.Warn("wal: closing after failure", logKeyErr, err)
+	}
+	l.mu.RLock()
+	tail := l.segs[len(l.segs)-1]
+	l.mu.RUnlock()
+	segs, err := listSegments(l.dir)
+	if err != nil {
+		return err
+	}
+	for _, s := range segs {
+		if s.index > tail.index {
+			if err := os.Remove(s.path); err != nil {
+				return fmt.Errorf("remove unacknowledged segment: %w", err)
+			}
+		}
+	}
+	if err := cutFile(tail.path, tail.size); err != nil {
+		return fmt.Errorf("cut unacknowledged records: %w", err)
+	}
+	if err := syncDir(l.dir); err != nil {
+		return err
+	}
+	if err := l.probe(); err != nil {
+		return err
+	}
+	if err := l.openTail(tail); err != nil {
+		return err
+	}
+	if got, err := l.tw.LastIndex(); err != nil || got != l.last.Load() {
+		return errors.Join(fmt.Errorf("reopen: tidwall/wal sees last index %d, expected %d: %w", got, l.last.Load(), err), l.closeTail())
+	}
+	return nil
+}
+
+// probe writes, fsyncs and removes a file as large as the failed commit
+// (4 KiB to 16 MiB), to tell whether the disk takes data again.
+func (l *Log) probe() error {
+	n := min(max(l.lastBatch, 4<<10), 16<<20)
+	path := filepath.Join(l.dir, ".probe")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	_, err = f.Write(make([]byte, n))
+	if err == nil {
+		err = f.Sync()
+	}
+	err = errors.Join(err, f.Close(), os.Remove(path))
+	if err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	return nil
+}
+
+// Writable returns nil when the log accepts appends. Otherwise it returns
+// ErrClosed, or an error wrapping ErrUnavailable and the I/O error that
+// keeps the log from its durable state (for a readiness check).
+func (l *Log) Writable() error {
+	l.qmu.Lock()
+	closing := l.closing
+	l.qmu.Unlock()
+	if closing {
+		return ErrClosed
+	}
+	if p := l.state.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// FirstOffset returns the offset of the first record in the log: 1 for a
+// new log, later after TruncateFront.
+func (l *Log) FirstOffset() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.first
+}
+
+// LastOffset returns the offset of the last acknowledged record, 0 when the
+// log never had one.
+func (l *Log) LastOffset() uint64 { return l.last.Load() }
+
+// Stats returns the log's offsets and size.
+func (l *Log) Stats() Stats {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	st := Stats{FirstOffset: l.first, LastOffset: l.last.Load(), Segments: len(l.segs)}
+	for _, s := range l.segs {
+		st.Bytes += s.size
+	}
+	return st
+}
+
+// Close stops accepting appends, waits for the appends already queued to be
+// committed and answered, fsyncs and closes the files. Later calls to Append,
+// Read, Wait and TruncateFront return ErrClosed; waiting Wait calls return
+// ErrClosed. Calling Close again returns nil.
+func (l *Log) Close() error {
+	l.closeOnce.Do(func() {
+		l.qmu.Lock()
+		l.closing = true
+		l.qmu.Unlock()
+		close(l.quit)
+		<-l.done
+		l.truncMu.Lock()
+		l.mu.Lock()
+		l.closed = true
+		close(l.notify)
+		l.mu.Unlock()
+		l.truncMu.Unlock()
+		l.closeErr = l.closeTail()
+		if l.closeErr != nil {
+			l.closeErr = fmt.Errorf("close: %w", l.closeErr)
+		}
+		l.closeErr = errors.Join(l.closeErr, l.lock.Close())
+	})
+	return l.closeErr
+}
