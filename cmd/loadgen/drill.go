@@ -21,7 +21,8 @@ import (
 type drillConfig struct {
 	Server      string        // aggregator binary; "" builds BuildPkg
 	BuildPkg    string        // go package built when Server is "" (default ./cmd/aggregator)
-	DataDir     string        // fresh data directory; "" makes a temporary one
+	DataDir     string        // fresh data directory; "" makes one in the work directory
+	WorkDir     string        // server log, acklog and (default) data; "" makes a temporary one, removed if all passed
 	Cycles      int           // kill -9 cycles (default 5)
 	Gen         genConfig     // events of each cycle (RunID is set per cycle)
 	Concurrency int           // concurrent publishers
@@ -79,8 +80,13 @@ func drill(ctx context.Context, cfg drillConfig) (res drillResult, err error) {
 	}
 
 	d := &drillRun{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Gen.Seed, 0x5eed))}
-	if d.workDir, err = os.MkdirTemp("", "aggregator-drill-"); err != nil {
-		return res, fmt.Errorf("work dir: %w", err)
+	d.workDir = cfg.WorkDir
+	if d.workDir == "" {
+		if d.workDir, err = os.MkdirTemp("", "aggregator-drill-"); err != nil {
+			return res, fmt.Errorf("work dir: %w", err)
+		}
+	} else {
+		cfg.Keep = true
 	}
 	res.WorkDir = d.workDir
 	defer func() {
