@@ -1,0 +1,202 @@
+// Package api is the HTTP interface of the aggregator: POST /publish, GET
+// /events, GET /stats, the health probes and the Prometheus metrics.
+//
+// The package validates and decodes requests and maps errors to HTTP statuses
+// in one place (statusOf). Storage is behind the small Backend interface, so
+// api never imports the write-ahead log or the index; cmd/aggregator wires the
+// real ones in and the tests of this package use a fake.
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/aggregator-dev/aggregator/event"
+	"github.com/julienschmidt/httprouter"
+)
+
+// Backend is the storage behind the API.
+type Backend interface {
+	// Publish makes events durable and returns the log offsets of the first
+	// and the last one. It returns only after they are durable, or with an
+	// error and none of them acknowledged. The events (and their Payload
+	// bytes) belong to the caller and are reused after Publish returns: a
+	// Backend that keeps them must copy them.
+	Publish(ctx context.Context, events []event.Event) (first, last uint64, err error)
+	// List returns one page of unique events; a bad cursor is an error
+	// wrapping event.ErrBadCursor.
+	List(ctx context.Context, q event.ListQuery) (event.Page, error)
+	// Stats returns the lifetime counters.
+	Stats(ctx context.Context) (Stats, error)
+	// Ready returns nil when the service accepts writes and serves reads,
+	// else the reason.
+	Ready(ctx context.Context) error
+}
+
+// Stats are the counters of GET /stats. They are lifetime counters: they
+// survive a restart.
+type Stats struct {
+	Received    uint64            // events acknowledged by POST /publish
+	Unique      uint64            // events the index kept
+	Duplicates  uint64            // events the index dropped as duplicates
+	TopicCounts map[string]uint64 // unique events per topic
+	WAL         WALStats
+	Dedup       DedupStats
+}
+
+// WALStats describe the write-ahead log and how far the consumer is behind.
+type WALStats struct {
+	FirstOffset uint64 `json:"first_offset"`
+	LastOffset  uint64 `json:"last_offset"`
+	Checkpoint  uint64 `json:"checkpoint"`
+	Lag         uint64 `json:"lag"`
+	Segments    int    `json:"segments"`
+	Bytes       int64  `json:"bytes"`
+}
+
+// DedupStats describe the deduplication index.
+type DedupStats struct {
+	Keys            uint64  `json:"keys"`
+	BloomBits       uint64  `json:"bloom_bits"`
+	BloomFPEstimate float64 `json:"bloom_fp_estimate"`
+}
+
+// ErrUnavailable is returned (wrapped) by a Backend when it cannot serve the
+// request for now: the log is closing, the disk is full, the index is still
+// opening. The API answers 503 with Retry-After.
+var ErrUnavailable = errors.New("api: unavailable")
+
+// ErrOverloaded is returned (wrapped) by a Backend that refuses writes because
+// a bound (consumer lag, log size) is passed. The API answers 429 with
+// Retry-After, which log shippers retry.
+var ErrOverloaded = errors.New("api: overloaded")
+
+// Defaults of Options.
+const (
+	DefaultMaxBodyBytes    = 8 << 20
+	DefaultMaxBatchEvents  = 10_000
+	DefaultMaxPayloadBytes = 1 << 20
+	DefaultMaxPayloadDepth = 32
+	DefaultMaxStatsTopics  = 10_000
+	DefaultRetryAfter      = time.Second
+
+	// MaxFieldBytes bounds topic, event_id and source.
+	MaxFieldBytes = 255
+	// DefaultListLimit and MaxListLimit bound GET /events?limit=.
+	DefaultListLimit = 1000
+	MaxListLimit     = 10_000
+	// maxDetails bounds the details of one error reply.
+	maxDetails = 100
+)
+
+// Options configure a Handler. The zero value (or nil) means the defaults.
+type Options struct {
+	Logger  *slog.Logger // nil: discard
+	Metrics *Metrics     // nil: a new Metrics on its own registry
+
+	MaxBodyBytes    int64         // request body limit (413 above); default 8 MiB
+	MaxBatchEvents  int           // events per request (413 above); default 10,000
+	MaxPayloadBytes int           // bytes of one payload (422 above); default 1 MiB
+	MaxPayloadDepth int           // nesting of one payload (422 above); default 32
+	MaxStatsTopics  int           // topics listed by GET /stats; default 10,000
+	RetryAfter      time.Duration // Retry-After of 429 and 503; default 1s
+}
+
+func (o *Options) withDefaults() Options {
+	var r Options
+	if o != nil {
+		r = *o
+	}
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.DiscardHandler)
+	}
+	if r.Metrics == nil {
+		r.Metrics = NewMetrics()
+	}
+	if r.MaxBodyBytes <= 0 {
+		r.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if r.MaxBatchEvents <= 0 {
+		r.MaxBatchEvents = DefaultMaxBatchEvents
+	}
+	if r.MaxPayloadBytes <= 0 {
+		r.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if r.MaxPayloadDepth <= 0 {
+		r.MaxPayloadDepth = DefaultMaxPayloadDepth
+	}
+	if r.MaxStatsTopics <= 0 {
+		r.MaxStatsTopics = DefaultMaxStatsTopics
+	}
+	if r.RetryAfter <= 0 {
+		r.RetryAfter = DefaultRetryAfter
+	}
+	return r
+}
+
+// Handler serves the API. Create it with New.
+type Handler struct {
+	backend Backend
+	opts    Options
+	log     *slog.Logger
+	metrics *Metrics
+	router  *httprouter.Router
+	started time.Time
+	pools   pools
+}
+
+// New returns the HTTP handler of the API over b.
+func New(b Backend, opts *Options) *Handler {
+	o := opts.withDefaults()
+	h := &Handler{
+		backend: b,
+		opts:    o,
+		log:     o.Logger,
+		metrics: o.Metrics,
+		started: time.Now(),
+	}
+	h.metrics.watch(b)
+
+	r := httprouter.New()
+	r.RedirectFixedPath = false
+	r.RedirectTrailingSlash = false
+	r.HandleMethodNotAllowed = true
+	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeError(w, http.StatusNotFound, "no such route", nil)
+	})
+	r.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeError(w, http.StatusMethodNotAllowed, "method not allowed", nil)
+	})
+	r.PanicHandler = func(w http.ResponseWriter, req *http.Request, v any) {
+		h.log.Error("panic in handler", "method", req.Method, "path", req.URL.Path, "panic", v)
+		writeError(w, http.StatusInternalServerError, "internal error", nil)
+	}
+	r.POST("/publish", h.publish)
+	r.GET("/events", h.events)
+	r.GET("/stats", h.stats)
+	r.GET("/healthz", h.healthz)
+	r.GET("/readyz", h.readyz)
+	r.Handler(http.MethodGet, "/metrics", h.metrics.handler())
+	h.router = r
+	return h
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.router.ServeHTTP(w, r)
+}
+
+func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+	if err := h.backend.Ready(r.Context()); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "not ready: "+err.Error(), nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}

@@ -1,0 +1,188 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/aggregator-dev/aggregator/event"
+)
+
+// TestObjectIterMatchesEncodingJSON checks the allocation-free walker against
+// encoding/json on objects of every shape the tests know.
+func TestObjectIterMatchesEncodingJSON(t *testing.T) {
+	for _, s := range scanSeeds {
+		checkObjectIter(t, []byte(s))
+	}
+}
+
+var scanSeeds = []string{
+	`{}`,
+	` { "a" : 1 , "b":[1,2,{"c":"}"}], "d" : "x\"y\\" ,"e":null,"f":true,"g":-1.5e3 } `,
+	`{"topic":"t","event_id":"e","timestamp":"2025-10-20T00:00:00Z","source":"s","payload":{"k":[[],{}]}}`,
+	`{"a\u0062":"\u00e9","":""}`,
+	`[{"a":1},{"b":[2]}]`,
+	`{"a":{"b":{"c":{"d":[1,[2,[3]]]}}}}`,
+}
+
+func checkObjectIter(t *testing.T, b []byte) {
+	t.Helper()
+	b = trimSpace(b)
+	if !json.Valid(b) || len(b) == 0 || b[0] != '{' {
+		return
+	}
+	var want map[string]json.RawMessage
+	if err := json.Unmarshal(b, &want); err != nil {
+		t.Fatalf("unmarshal %q: %v", b, err)
+	}
+	got := map[string]json.RawMessage{}
+	it := newObjectIter(b)
+	for key, val, ok := it.next(); ok; key, val, ok = it.next() {
+		var k string
+		if err := json.Unmarshal(key, &k); err != nil {
+			t.Fatalf("%q: key %q is not a JSON string: %v", b, key, err)
+		}
+		if !json.Valid(val) {
+			t.Fatalf("%q: value %q of %q is not JSON", b, val, k)
+		}
+		got[k] = val
+	}
+	if len(got) != len(want) {
+		// encoding/json folds keys case-insensitively only for structs, so
+		// the maps must agree exactly.
+		t.Fatalf("%q: walker found %d keys, encoding/json %d", b, len(got), len(want))
+	}
+	for k, v := range want {
+		var cw, cg bytes.Buffer
+		_ = json.Compact(&cw, v)
+		_ = json.Compact(&cg, got[k])
+		if cw.String() != cg.String() {
+			t.Fatalf("%q: key %q: walker %q, encoding/json %q", b, k, got[k], v)
+		}
+	}
+}
+
+func FuzzObjectIter(f *testing.F) {
+	for _, s := range scanSeeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) { checkObjectIter(t, []byte(s)) })
+}
+
+// FuzzPublish feeds arbitrary bodies to POST /publish: the handler must not
+// panic, must answer 200, 400, 413 or 422 with a JSON body, and whatever it
+// accepted must satisfy the input rules.
+func FuzzPublish(f *testing.F) {
+	for _, s := range scanSeeds {
+		f.Add(s, false)
+	}
+	f.Add(`{"topic":"t","event_id":"e","timestamp":"2025-10-20T00:00:00+01:00","source":"s"}`, false)
+	f.Add(`[{"topic":"t","event_id":"e","timestamp":"2025-10-20T00:00:00Z","source":"s","payload":{ "a" : 1 }}]`, false)
+	f.Add("{\"topic\":\"t\",\"event_id\":\"e\",\"timestamp\":\"2025-10-20T00:00:00Z\",\"source\":\"s\"}\n\n{}", true)
+	f.Add(`{"topic":"\u0000","event_id":"e","timestamp":"x","source":"s","payload":[]}`, false)
+
+	metrics := NewMetrics() // shared: a registry per input would dominate the run
+	f.Fuzz(func(t *testing.T, body string, nd bool) {
+		fb := newFake()
+		h := New(fb, &Options{Metrics: metrics, MaxBatchEvents: 50, MaxPayloadDepth: 4, MaxPayloadBytes: 256, MaxBodyBytes: 1 << 16})
+		ct := ""
+		if nd {
+			ct = ndjson
+		}
+		rec := do(t, h, http.MethodPost, "/publish", ct, body)
+		switch rec.Code {
+		case 200:
+		case 400, 413, 422:
+			errorReply(t, rec)
+			if len(fb.log) != 0 {
+				t.Fatalf("status %d but %d events written", rec.Code, len(fb.log))
+			}
+			return
+		default:
+			t.Fatalf("status %d for %q", rec.Code, body)
+		}
+		if len(fb.log) == 0 {
+			t.Fatalf("200 without events for %q", body)
+		}
+		for _, e := range fb.log {
+			for _, s := range []string{e.Topic, e.EventID, e.Source} {
+				if strings.TrimSpace(s) == "" || len(s) > MaxFieldBytes || hasControl(s) || !utf8.ValidString(s) {
+					t.Fatalf("accepted bad field %q", s)
+				}
+			}
+			if e.Timestamp.Location() != time.UTC {
+				t.Fatalf("timestamp not UTC: %v", e.Timestamp)
+			}
+			var m map[string]any
+			if err := json.Unmarshal(e.Payload, &m); err != nil || m == nil {
+				t.Fatalf("payload %q is not an object: %v", e.Payload, err)
+			}
+			var c bytes.Buffer
+			_ = json.Compact(&c, e.Payload)
+			if c.String() != string(e.Payload) {
+				t.Fatalf("payload %q is not compact", e.Payload)
+			}
+			if depth, _ := shape(e.Payload); depth > 4 || len(e.Payload) > 256 {
+				t.Fatalf("payload %q over the limits", e.Payload)
+			}
+			// It must survive the binary codec of the log.
+			if _, err := event.Decode(e.AppendBinary(nil)); err != nil {
+				t.Fatalf("encode/decode: %v", err)
+			}
+		}
+	})
+}
+
+// nopBackend acknowledges everything without storing it.
+type nopBackend struct{ next uint64 }
+
+func (n *nopBackend) Publish(_ context.Context, evs []event.Event) (uint64, uint64, error) {
+	first := n.next + 1
+	n.next += uint64(len(evs))
+	return first, n.next, nil
+}
+func (*nopBackend) List(context.Context, event.ListQuery) (event.Page, error) {
+	return event.Page{}, nil
+}
+func (*nopBackend) Stats(context.Context) (Stats, error) { return Stats{}, nil }
+func (*nopBackend) Ready(context.Context) error          { return nil }
+
+// BenchmarkPublish measures the API's own cost per request (read, decode,
+// validate, reply) with a backend that does nothing.
+func BenchmarkPublish(b *testing.B) {
+	for _, n := range []int{1, 100, 1000} {
+		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
+			var parts []string
+			for i := range n {
+				parts = append(parts, fmt.Sprintf(`{"topic":"orders","event_id":"evt-%08d","timestamp":"2025-10-20T12:00:00.123Z",`+
+					`"source":"checkout","payload":{"order":%d,"amount":12.5,"items":["a","b"],"user":{"id":"u-1","tier":"gold"}}}`, i, i))
+			}
+			body := []byte("[" + strings.Join(parts, ",") + "]")
+			h := New(&nopBackend{}, nil)
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			req := httptest.NewRequest(http.MethodPost, "/publish", nil)
+			for b.Loop() {
+				req.Body = nopCloser{bytes.NewReader(body)}
+				req.ContentLength = int64(len(body))
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				if rec.Code != 200 {
+					b.Fatalf("status %d: %s", rec.Code, rec.Body.String())
+				}
+			}
+			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
+}
+
+type nopCloser struct{ *bytes.Reader }
+
+func (nopCloser) Close() error { return nil }

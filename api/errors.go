@@ -1,0 +1,106 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/aggregator-dev/aggregator/event"
+)
+
+// Detail is one problem of a rejected request: the index of the event in the
+// batch (0 for a single event; the count of non-blank lines before it for
+// NDJSON), the field, and what is wrong. Field is "" when the whole event is
+// wrong.
+type Detail struct {
+	Index   int    `json:"index"`
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+// errorBody is the JSON body of every error reply.
+type errorBody struct {
+	Error   string   `json:"error"`
+	Details []Detail `json:"details"`
+}
+
+// requestError is a rejection of the client's request with its status.
+type requestError struct {
+	status  int
+	msg     string
+	details []Detail
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+func badRequest(msg string) *requestError {
+	return &requestError{status: http.StatusBadRequest, msg: msg}
+}
+
+// statusOf maps an error to its HTTP status. It is the one place where
+// errors meet statuses.
+func statusOf(err error) int {
+	var re *requestError
+	switch {
+	case errors.As(err, &re):
+		return re.status
+	case errors.Is(err, event.ErrBadCursor):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrOverloaded):
+		return http.StatusTooManyRequests
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		// The client went away or the server is shutting down; nothing was
+		// acknowledged.
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// fail writes the reply for err. Server errors are logged here, once.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status := statusOf(err)
+	var details []Detail
+	msg := err.Error()
+	var re *requestError
+	if errors.As(err, &re) {
+		details = re.details
+	}
+	switch status {
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", strconv.Itoa(int((h.opts.RetryAfter+999_999_999)/1_000_000_000)))
+		h.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	case http.StatusInternalServerError:
+		h.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		msg = "internal error"
+	}
+	writeError(w, status, msg, details)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string, details []Detail) {
+	if details == nil {
+		details = []Detail{}
+	}
+	writeJSON(w, status, errorBody{Error: msg, Details: details})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":"internal error: encode reply","details":[]}`)
+	}
+	writeBody(w, status, append(b, '\n'))
+}
+
+func writeBody(w http.ResponseWriter, status int, b []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}

@@ -1,0 +1,156 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/aggregator-dev/aggregator/event"
+	"github.com/julienschmidt/httprouter"
+)
+
+// publish serves POST /publish: read and validate the whole body first, then
+// hand the batch to the backend, which returns once it is durable.
+func (h *Handler) publish(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+	start := time.Now()
+	b := h.pools.get()
+	defer h.pools.put(b)
+
+	status, n := h.doPublish(w, r, b)
+	h.metrics.observePublish(status, n, time.Since(start))
+}
+
+func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (status, events int) {
+	if err := h.readBody(w, r, b); err != nil {
+		h.fail(w, r, err)
+		return statusOf(err), 0
+	}
+	if err := h.decode(b, isNDJSON(r.Header.Get("Content-Type"))); err != nil {
+		h.fail(w, r, err)
+		return statusOf(err), 0
+	}
+	first, last, err := h.backend.Publish(r.Context(), b.events)
+	if err != nil {
+		h.fail(w, r, err)
+		return statusOf(err), 0
+	}
+	n := len(b.events)
+	out := append(b.reply[:0], `{"enqueued":`...)
+	out = strconv.AppendInt(out, int64(n), 10)
+	out = append(out, `,"first_offset":`...)
+	out = strconv.AppendUint(out, first, 10)
+	out = append(out, `,"last_offset":`...)
+	out = strconv.AppendUint(out, last, 10)
+	out = append(out, "}\n"...)
+	b.reply = out
+	writeBody(w, http.StatusOK, out)
+	return http.StatusOK, n
+}
+
+// eventsReply is the body of GET /events.
+type eventsReply struct {
+	Events     []event.Stored `json:"events"`
+	NextCursor *string        `json:"next_cursor"`
+}
+
+// maxCursorBytes bounds the cursor parameter; the index's cursors are short.
+const maxCursorBytes = 1024
+
+// events serves GET /events?topic=&limit=&cursor=.
+func (h *Handler) events(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+	qs := r.URL.Query()
+	q := event.ListQuery{Topic: qs.Get("topic"), Cursor: qs.Get("cursor"), Limit: DefaultListLimit}
+	if s := qs.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxListLimit {
+			h.fail(w, r, badRequest("limit must be an integer from 1 to "+strconv.Itoa(MaxListLimit)))
+			return
+		}
+		q.Limit = n
+	}
+	if len(q.Topic) > MaxFieldBytes {
+		h.fail(w, r, badRequest("topic must be at most "+strconv.Itoa(MaxFieldBytes)+" bytes"))
+		return
+	}
+	if len(q.Cursor) > maxCursorBytes {
+		h.fail(w, r, badRequest("bad cursor"))
+		return
+	}
+	page, err := h.backend.List(r.Context(), q)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	reply := eventsReply{Events: page.Events}
+	if reply.Events == nil {
+		reply.Events = []event.Stored{}
+	}
+	for i := range reply.Events {
+		if len(reply.Events[i].Payload) == 0 {
+			reply.Events[i].Payload = emptyPayload
+		}
+	}
+	if page.NextCursor != "" {
+		reply.NextCursor = &page.NextCursor
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(reply); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeBody(w, http.StatusOK, buf.Bytes())
+}
+
+// statsReply is the body of GET /stats.
+type statsReply struct {
+	Received         uint64            `json:"received"`
+	UniqueProcessed  uint64            `json:"unique_processed"`
+	DuplicateDropped uint64            `json:"duplicate_dropped"`
+	Topics           []string          `json:"topics"`
+	TopicCounts      map[string]uint64 `json:"topic_counts"`
+	TopicsTruncated  bool              `json:"topics_truncated,omitempty"`
+	UptimeSeconds    int64             `json:"uptime_seconds"`
+	WAL              WALStats          `json:"wal"`
+	Dedup            DedupStats        `json:"dedup"`
+}
+
+// stats serves GET /stats.
+func (h *Handler) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+	st, err := h.backend.Stats(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	topics := make([]string, 0, len(st.TopicCounts))
+	for t := range st.TopicCounts {
+		topics = append(topics, t)
+	}
+	slices.Sort(topics)
+	reply := statsReply{
+		Received:         st.Received,
+		UniqueProcessed:  st.Unique,
+		DuplicateDropped: st.Duplicates,
+		Topics:           topics,
+		TopicCounts:      st.TopicCounts,
+		UptimeSeconds:    int64(time.Since(h.started).Seconds()),
+		WAL:              st.WAL,
+		Dedup:            st.Dedup,
+	}
+	if len(topics) > h.opts.MaxStatsTopics {
+		reply.Topics = topics[:h.opts.MaxStatsTopics]
+		reply.TopicsTruncated = true
+		reply.TopicCounts = make(map[string]uint64, len(reply.Topics))
+		for _, t := range reply.Topics {
+			reply.TopicCounts[t] = st.TopicCounts[t]
+		}
+	}
+	if reply.TopicCounts == nil {
+		reply.TopicCounts = map[string]uint64{}
+	}
+	writeJSON(w, http.StatusOK, reply)
+}
