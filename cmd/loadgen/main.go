@@ -125,6 +125,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	ackPath := fs.String("acklog", "", "append every acknowledged topic<TAB>event_id to this file")
 	jsonOut := fs.Bool("json", false, "print the summary as one JSON line")
 	every := fs.Duration("progress-interval", 5*time.Second, "interval of progress lines when stderr is not a terminal")
+	lagEvery := fs.Duration("lag-interval", 0, "sample the consumer lag (GET /stats) this often and wait for lag 0 at the end (0: off)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -174,9 +175,34 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	client := newClient(*conc)
 	defer client.CloseIdleConnections()
 	pb := &publisher{client: client, url: base + "/publish", plan: p, concurrency: *conc, acks: acks}
+	var lw *lagWatch
+	var before statsResponse
+	statsClient := newClient(1)
+	defer statsClient.CloseIdleConnections()
+	if *lagEvery > 0 {
+		if before, err = getStats(ctx, statsClient, base); err != nil {
+			fmt.Fprintln(stderr, "loadgen:", err)
+			return exitUsage
+		}
+		lw = startLagWatch(statsClient, base, *lagEvery)
+	}
 	prog := startProgress(stderr, isTerminal(stderr), *every, pb, p.events)
+	runStart := time.Now()
 	res := pb.run(ctx, nil, *maxDur)
 	prog.Stop()
+	var lag *lagReport
+	if lw != nil {
+		lw.Stop()
+		r := lw.report()
+		r.DrainS = -1
+		drainStart := time.Now()
+		if after, err := waitLagZero(ctx, statsClient, base, time.Minute); err == nil {
+			r.DrainS = time.Since(drainStart).Seconds()
+			applied := (after.UniqueProcessed + after.DuplicateDropped) - (before.UniqueProcessed + before.DuplicateDropped)
+			r.Processed = float64(applied) / time.Since(runStart).Seconds()
+		}
+		lag = &r
+	}
 	if acks != nil {
 		if err := acks.Flush(); err != nil {
 			fmt.Fprintln(stderr, "loadgen:", err)
@@ -184,6 +210,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 	}
 	sum := newSummary(g, *conc, p, res)
+	sum.Lag = lag
 	if *jsonOut {
 		b, _ := json.Marshal(sum)
 		fmt.Fprintln(stdout, string(b))

@@ -29,6 +29,7 @@ type summary struct {
 	RequestsPerS float64        `json:"requests_per_s"`
 	LatencyMS    latencyMS      `json:"latency_ms"`
 	Status       map[string]int `json:"status"`
+	Lag          *lagReport     `json:"consumer_lag,omitempty"`
 }
 
 type latencyMS struct {
@@ -68,4 +69,8 @@ func (s summary) print(w io.Writer) {
 		parts = append(parts, fmt.Sprintf("%s=%d", k, s.Status[k]))
 	}
 	fmt.Fprintf(w, "status: %s\n", strings.Join(parts, " "))
+	if l := s.Lag; l != nil {
+		fmt.Fprintf(w, "consumer lag: max %d, last sample %d (%d samples, %d errors); lag 0 %.3fs after the run; %.0f events/s applied\n",
+			l.Max, l.Last, l.Samples, l.Errors, l.DrainS, l.Processed)
+	}
 }

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// lagWatch samples the consumer lag (GET /stats wal.lag) while a run is in
+// progress, to show whether the consumer keeps up with the publishers.
+type lagWatch struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	max     uint64
+	last    uint64
+	samples int
+	errors  int
+}
+
+// startLagWatch polls base every interval until Stop.
+func startLagWatch(c *http.Client, base string, interval time.Duration) *lagWatch {
+	lw := &lagWatch{stop: make(chan struct{})}
+	lw.wg.Go(func() {
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-lw.stop:
+				return
+			case <-tick.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), interval)
+			s, err := getStats(ctx, c, base)
+			cancel()
+			lw.mu.Lock()
+			if err != nil {
+				lw.errors++
+			} else {
+				lw.samples++
+				lw.last = s.WAL.Lag
+				lw.max = max(lw.max, s.WAL.Lag)
+			}
+			lw.mu.Unlock()
+		}
+	})
+	return lw
+}
+
+// Stop ends the sampling and waits for it; calling it twice is harmless.
+func (lw *lagWatch) Stop() {
+	select {
+	case <-lw.stop:
+	default:
+		close(lw.stop)
+	}
+	lw.wg.Wait()
+}
+
+// lagReport is the lag part of a publish summary.
+type lagReport struct {
+	Max       uint64  `json:"max"`
+	Last      uint64  `json:"last"`
+	Samples   int     `json:"samples"`
+	Errors    int     `json:"errors"`
+	DrainS    float64 `json:"drain_s"`         // from the end of publishing to lag 0 (-1: not reached)
+	Processed float64 `json:"processed_per_s"` // unique+duplicates applied per second over the run and the drain
+}
+
+func (lw *lagWatch) report() lagReport {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lagReport{Max: lw.max, Last: lw.last, Samples: lw.samples, Errors: lw.errors}
+}
