@@ -170,7 +170,7 @@ type Log struct {
 	batch     twal.Batch
 	frame     []byte
 	cuts      []cut
-	lastBatch int // bytes of the last failed commit, sizes the recovery probe
+	lastBatch int // bytes of the last failed commit as framed, sizes the recovery probe
 
 	// The queue of appends.
 	qmu     sync.Mutex
@@ -491,7 +491,7 @@ func (l *Log) commit(batch []*request) {
 		tail = 0
 	}
 	l.batch.Clear()
-	var records, size int
+	var records, size, framed int
 	for _, r := range batch {
 		r.first = next
 		for _, rec := range r.recs {
@@ -501,6 +501,7 @@ func (l *Log) commit(batch []*request) {
 			}
 			l.frame = appendFrame(l.frame[:0], next, flags, rec)
 			l.batch.Write(next, l.frame)
+			framed += entrySize(len(l.frame))
 			tail += int64(entrySize(len(l.frame)))
 			if tail >= int64(l.opts.SegmentSize) {
 				l.cuts = append(l.cuts, cut{next: next + 1, prevSize: tail})
@@ -515,7 +516,7 @@ func (l *Log) commit(batch []*request) {
 
 	fsyncTook, err := l.write()
 	if err != nil {
-		l.lastBatch = size
+		l.lastBatch = framed
 		l.fail(batch, err)
 		return
 	}
@@ -593,17 +594,18 @@ func (l *Log) publish(batch []*request, first, last uint64, tail int64) {
 	l.tailBytes = tail
 }
 
-// fail answers a failed group commit and brings the log back to its last
-// durable state.
+// fail brings the log back to its last durable state after a failed group
+// commit, then answers its callers, so that Writable already tells whether
+// that worked when they hear of the failure.
 func (l *Log) fail(batch []*request, cause error) {
 	err := unavailable(cause)
+	l.log.Error("wal: group commit failed, nothing of it acknowledged", logKeyErr, cause)
+	l.state.Store(&err)
+	l.tryRecover()
 	for _, r := range batch {
 		r.first, r.last, r.err = 0, 0, err
 		close(r.done)
 	}
-	l.log.Error("wal: group commit failed, nothing of it acknowledged", logKeyErr, cause)
-	l.state.Store(&err)
-	l.tryRecover()
 }
 
 // tryRecover tries to bring the log back to its last durable state: close
