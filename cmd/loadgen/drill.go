@@ -354,12 +354,12 @@ func (d *drillRun) tearTail() (string, error) {
 	}
 	newest := ""
 	for _, e := range ents {
-		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") && e.Name() > newest {
+		if e.Type().IsRegular() && isSegmentName(e.Name()) && segmentLess(newest, e.Name()) {
 			newest = e.Name()
 		}
 	}
 	if newest == "" {
-		return "", fmt.Errorf("no segment file in %s", walDir)
+		return "", fmt.Errorf("no segment file (a name of digits) in %s", walDir)
 	}
 	path := filepath.Join(walDir, newest)
 	data, err := os.ReadFile(path)
@@ -387,6 +387,30 @@ func (d *drillRun) tearTail() (string, error) {
 	}
 	return fmt.Sprintf("appended %d garbage bytes and a %d-byte cut record to %s (%d bytes)",
 		len(garbage), len(cut), newest, len(data)), nil
+}
+
+// isSegmentName reports whether name is a segment file name: decimal digits
+// only (tidwall/wal names segments by their first index), so LOCK and
+// temporary files are never torn.
+func isSegmentName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// segmentLess orders segment names by their number ("" first).
+func segmentLess(a, b string) bool {
+	a, b = strings.TrimLeft(a, "0"), strings.TrimLeft(b, "0")
+	if len(a) != len(b) {
+		return len(a) < len(b)
+	}
+	return a < b
 }
 
 // sigtermCase stops the caught-up server with SIGTERM, expects exit status

@@ -397,3 +397,16 @@ func TestCLIPublishAndVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestNewestSegment(t *testing.T) {
+	names := []string{"LOCK", ".probe", "00000000000000000001", "00000000000000009999", "00000000000000010000", "00000000000000000500.START"}
+	newest := ""
+	for _, n := range names {
+		if isSegmentName(n) && segmentLess(newest, n) {
+			newest = n
+		}
+	}
+	if newest != "00000000000000010000" {
+		t.Fatalf("newest = %q", newest)
+	}
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -116,6 +115,3 @@ func freeAddr() (string, error) {
 	port := l.Addr().(*net.TCPAddr).Port
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
 }
-
-// errServerGone is returned when the server process exited unexpectedly.
-var errServerGone = errors.New("loadgen: server process exited")
