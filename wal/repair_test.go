@@ -156,7 +156,7 @@ func breakCases(lay *layout) []breakCase {
 		})
 	}
 	mid := lastSeg[len(lastSeg)-2] // middle record of the last commit
-	var earlier entryLoc            // a record of an earlier commit in the last segment
+	var earlier entryLoc           // a record of an earlier commit in the last segment
 	for _, e := range lastSeg {
 		if e.offset < lay.lastCommit {
 			earlier = e
