@@ -2,7 +2,7 @@
 // /events, GET /stats, the health probes and the Prometheus metrics.
 //
 // The package validates and decodes requests and maps errors to HTTP statuses
-// in one place (statusOf). Storage is behind the small Backend interface, so
+// in one place (StatusOf). Storage is behind the small Backend interface, so
 // api never imports the write-ahead log or the index; cmd/aggregator wires the
 // real ones in and the tests of this package use a fake.
 package api

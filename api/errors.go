@@ -39,9 +39,9 @@ func badRequest(msg string) *requestError {
 	return &requestError{status: http.StatusBadRequest, msg: msg}
 }
 
-// statusOf maps an error to its HTTP status. It is the one place where
+// StatusOf maps an error to its HTTP status. It is the one place where
 // errors meet statuses.
-func statusOf(err error) int {
+func StatusOf(err error) int {
 	var re *requestError
 	switch {
 	case errors.As(err, &re):
@@ -63,7 +63,7 @@ func statusOf(err error) int {
 
 // fail writes the reply for err. Server errors are logged here, once.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	status := statusOf(err)
+	status := StatusOf(err)
 	var details []Detail
 	msg := err.Error()
 	var re *requestError

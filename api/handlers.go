@@ -26,16 +26,16 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request, _ httprouter.P
 func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (status, events int) {
 	if err := h.readBody(w, r, b); err != nil {
 		h.fail(w, r, err)
-		return statusOf(err), 0
+		return StatusOf(err), 0
 	}
 	if err := h.decode(b, isNDJSON(r.Header.Get("Content-Type"))); err != nil {
 		h.fail(w, r, err)
-		return statusOf(err), 0
+		return StatusOf(err), 0
 	}
 	first, last, err := h.backend.Publish(r.Context(), b.events)
 	if err != nil {
 		h.fail(w, r, err)
-		return statusOf(err), 0
+		return StatusOf(err), 0
 	}
 	n := len(b.events)
 	out := append(b.reply[:0], `{"enqueued":`...)

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envOf(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestParseConfigDefaults(t *testing.T) {
+	c, err := parseConfig(nil, envOf(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c != defaultConfig() {
+		t.Fatalf("no flags, no env: %+v, want the defaults %+v", c, defaultConfig())
+	}
+	if c.Addr != ":8080" || c.DataDir != "./data" || c.MaxBodyBytes != 8<<20 || c.MaxBatchEvents != 10_000 {
+		t.Fatalf("documented defaults changed: %+v", c)
+	}
+}
+
+func TestParseConfigEnvAndFlags(t *testing.T) {
+	env := envOf(map[string]string{
+		"AGG_ADDR":             "127.0.0.1:9000",
+		"AGG_DATA_DIR":         "/env/dir",
+		"AGG_LOG_FORMAT":       "json",
+		"AGG_LOG_LEVEL":        "debug",
+		"AGG_SEGMENT_SIZE":     "1048576",
+		"AGG_BLOOM_FP_RATE":    "0.001",
+		"AGG_MAX_BATCH_EVENTS": "500",
+		"AGG_WAL_REPAIR":       "true",
+		"AGG_SHUTDOWN_TIMEOUT": "3s",
+	})
+	c, err := parseConfig([]string{"--data-dir", "/flag/dir", "-max-batch-events=7"}, env, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != "127.0.0.1:9000" || c.DataDir != "/flag/dir" || c.LogFormat != "json" || c.LogLevel != slog.LevelDebug ||
+		c.SegmentSize != 1<<20 || c.BloomFPRate != 0.001 || c.MaxBatchEvents != 7 || !c.WALRepair ||
+		c.ShutdownTimeout != 3*time.Second {
+		t.Fatalf("env must fill what flags do not set, flags win: %+v", c)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--bogus"}, nil, "bogus"},
+		{[]string{"--log-format", "xml"}, nil, "log format"},
+		{[]string{"--log-level", "loud"}, nil, "log level"},
+		{[]string{"--bloom-fp-rate", "0.9"}, nil, "bloom"},
+		{[]string{"--max-body-bytes", "-1"}, nil, "max body bytes"},
+		{[]string{"--addr", ""}, nil, "addr"},
+		{[]string{"extra"}, nil, "unexpected argument"},
+		{nil, map[string]string{"AGG_MAX_BATCH_EVENTS": "many"}, "AGG_MAX_BATCH_EVENTS"},
+		{nil, map[string]string{"AGG_READ_TIMEOUT": "5"}, "AGG_READ_TIMEOUT"},
+	}
+	for _, tc := range cases {
+		_, err := parseConfig(tc.args, envOf(tc.env), &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v %v: error %v, want one mentioning %q", tc.args, tc.env, err, tc.want)
+		}
+	}
+}
+
+func TestHelpListsEveryFlagWithItsEnv(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseConfig([]string{"--help"}, envOf(nil), &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, want := range []string{"-addr", "$AGG_ADDR", "-data-dir", "$AGG_DATA_DIR", "-log-format", "-segment-size",
+		"-bloom-expected-keys", "-bloom-fp-rate", "-chunk-entries", "-max-body-bytes", "-max-batch-events",
+		"-max-payload-bytes", "-max-payload-depth", "-max-lag", "$AGG_MAX_LAG"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+	if code := run([]string{"--help"}, envOf(nil), &bytes.Buffer{}); code != 0 {
+		t.Errorf("--help exits %d", code)
+	}
+	var stderr bytes.Buffer
+	if code := run([]string{"--nope"}, envOf(nil), &stderr); code != 2 {
+		t.Errorf("bad flag exits %d, want 2", code)
+	}
+}

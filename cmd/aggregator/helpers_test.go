@@ -1,0 +1,338 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aggregator-dev/aggregator/api"
+	"github.com/aggregator-dev/aggregator/dedup"
+	"github.com/aggregator-dev/aggregator/event"
+)
+
+// client is a small JSON client of a running aggregator.
+type client struct {
+	tb   testing.TB
+	base string
+	http *http.Client
+}
+
+func newClient(tb testing.TB, base string) *client {
+	tb.Helper()
+	c := &client{tb: tb, base: base, http: &http.Client{
+		Timeout:   30 * time.Second,
+		Transport: &http.Transport{MaxIdleConnsPerHost: 16},
+	}}
+	tb.Cleanup(c.http.CloseIdleConnections)
+	return c
+}
+
+// do sends a request and returns the status and body; a transport error
+// fails the test.
+func (c *client) do(method, path, contentType string, body []byte) (int, []byte) {
+	c.tb.Helper()
+	status, out, err := c.try(method, path, contentType, body)
+	if err != nil {
+		c.tb.Fatalf("%s %s: %v", method, path, err)
+	}
+	return status, out
+}
+
+func (c *client) try(method, path, contentType string, body []byte) (int, []byte, error) {
+	req, err := http.NewRequest(method, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, out, err
+}
+
+// publish posts v as JSON and requires 200.
+func (c *client) publish(v any) publishReply {
+	c.tb.Helper()
+	status, body := c.do(http.MethodPost, "/publish", "application/json", mustJSON(c.tb, v))
+	if status != http.StatusOK {
+		c.tb.Fatalf("publish: status %d: %s", status, body)
+	}
+	var r publishReply
+	mustDecode(c.tb, body, &r)
+	return r
+}
+
+type publishReply struct {
+	Enqueued    int    `json:"enqueued"`
+	FirstOffset uint64 `json:"first_offset"`
+	LastOffset  uint64 `json:"last_offset"`
+}
+
+type statsReply struct {
+	Received         uint64            `json:"received"`
+	UniqueProcessed  uint64            `json:"unique_processed"`
+	DuplicateDropped uint64            `json:"duplicate_dropped"`
+	Topics           []string          `json:"topics"`
+	TopicCounts      map[string]uint64 `json:"topic_counts"`
+	UptimeSeconds    int64             `json:"uptime_seconds"`
+	WAL              struct {
+		FirstOffset uint64 `json:"first_offset"`
+		LastOffset  uint64 `json:"last_offset"`
+		Checkpoint  uint64 `json:"checkpoint"`
+		Lag         uint64 `json:"lag"`
+		Segments    int    `json:"segments"`
+		Bytes       int64  `json:"bytes"`
+	} `json:"wal"`
+	Dedup struct {
+		Keys            uint64  `json:"keys"`
+		BloomBits       uint64  `json:"bloom_bits"`
+		BloomFPEstimate float64 `json:"bloom_fp_estimate"`
+	} `json:"dedup"`
+}
+
+func (c *client) stats() statsReply {
+	c.tb.Helper()
+	status, body := c.do(http.MethodGet, "/stats", "", nil)
+	if status != http.StatusOK {
+		c.tb.Fatalf("stats: status %d: %s", status, body)
+	}
+	var s statsReply
+	mustDecode(c.tb, body, &s)
+	return s
+}
+
+// drain polls /stats until the consumer has applied every received event
+// (the reference's drain_queue_and_wait, with a deadline that fails).
+func (c *client) drain(timeout time.Duration) statsReply {
+	c.tb.Helper()
+	deadline := time.Now().Add(timeout)
+	var last statsReply
+	for {
+		status, body, err := c.try(http.MethodGet, "/stats", "", nil)
+		if err == nil && status == http.StatusOK {
+			mustDecode(c.tb, body, &last)
+			if last.Received == last.UniqueProcessed+last.DuplicateDropped && last.WAL.Lag == 0 {
+				return last
+			}
+		}
+		if time.Now().After(deadline) {
+			c.tb.Fatalf("consumer did not catch up within %v: last stats %+v (status %d, err %v)", timeout, last, status, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitReady polls /readyz until 200.
+func (c *client) waitReady(timeout time.Duration) {
+	c.tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		status, body, err := c.try(http.MethodGet, "/readyz", "", nil)
+		if err == nil && status == http.StatusOK {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.tb.Fatalf("not ready within %v: status %d %s, err %v", timeout, status, body, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type storedEvent struct {
+	Topic     string         `json:"topic"`
+	EventID   string         `json:"event_id"`
+	Timestamp string         `json:"timestamp"`
+	Source    string         `json:"source"`
+	Payload   map[string]any `json:"payload"`
+	Offset    uint64         `json:"offset"`
+}
+
+// listAll pages through GET /events for topic ("" = all).
+func (c *client) listAll(topic string) []storedEvent {
+	c.tb.Helper()
+	var all []storedEvent
+	cursor := ""
+	for page := 0; ; page++ {
+		if page > 10_000 {
+			c.tb.Fatal("listing does not end")
+		}
+		q := url.Values{"limit": {"5000"}}
+		if topic != "" {
+			q.Set("topic", topic)
+		}
+		if cursor != "" {
+			q.Set("cursor", cursor)
+		}
+		status, body := c.do(http.MethodGet, "/events?"+q.Encode(), "", nil)
+		if status != http.StatusOK {
+			c.tb.Fatalf("events: status %d: %s", status, body)
+		}
+		var p struct {
+			Events     []storedEvent `json:"events"`
+			NextCursor *string       `json:"next_cursor"`
+		}
+		mustDecode(c.tb, body, &p)
+		all = append(all, p.Events...)
+		if p.NextCursor == nil {
+			return all
+		}
+		cursor = *p.NextCursor
+	}
+}
+
+func mustJSON(tb testing.TB, v any) []byte {
+	tb.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+func mustDecode(tb testing.TB, b []byte, v any) {
+	tb.Helper()
+	if err := json.Unmarshal(b, v); err != nil {
+		tb.Fatalf("decode %q: %v", b, err)
+	}
+}
+
+// makeEvent is the reference test's make_event.
+func makeEvent(i int, topic string) map[string]any {
+	return map[string]any{
+		"topic":     topic,
+		"event_id":  fmt.Sprintf("id-%d", i),
+		"timestamp": "2025-10-20T00:00:00Z",
+		"source":    "test",
+		"payload":   map[string]any{"i": i},
+	}
+}
+
+// testServer is an aggregator running in-process.
+type testServer struct {
+	*client
+	srv    *Server
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startServer runs a Server on 127.0.0.1:0 with data in dir until the test
+// ends (or stop is called), and waits until it is ready.
+func startServer(tb testing.TB, dir string, mutate func(*Config)) *testServer {
+	tb.Helper()
+	cfg := defaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.DataDir = dir
+	cfg.ShutdownTimeout = 10 * time.Second
+	cfg.BloomExpectedKeys = 1 << 14
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := NewServer(cfg, testLogger(tb))
+	ts := &testServer{srv: srv, cancel: cancel, done: make(chan error, 1)}
+	go func() { ts.done <- srv.Run(ctx) }()
+	select {
+	case <-srv.Started():
+	case err := <-ts.done:
+		cancel()
+		tb.Fatalf("server did not start: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		tb.Fatal("server did not start within 30s")
+	}
+	ts.client = newClient(tb, "http://"+srv.Addr().String())
+	tb.Cleanup(func() { ts.stop(tb) })
+	ts.waitReady(30 * time.Second)
+	return ts
+}
+
+// stop shuts the server down and requires a clean exit; calling it again is
+// harmless.
+func (ts *testServer) stop(tb testing.TB) {
+	tb.Helper()
+	if ts.done == nil {
+		return
+	}
+	ts.cancel()
+	select {
+	case err := <-ts.done:
+		if err != nil {
+			tb.Errorf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		tb.Fatal("server did not stop within 30s")
+	}
+	ts.done = nil
+	ts.http.CloseIdleConnections()
+}
+
+// testLogger collects the server's logs and prints them if the test fails.
+func testLogger(tb testing.TB) *slog.Logger {
+	tb.Helper()
+	buf := &syncBuffer{}
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("server log:\n%s", buf.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func statusForTest(err error) int {
+	if err == nil {
+		return http.StatusOK
+	}
+	return api.StatusOf(err)
+}
+
+func openTestStore(tb testing.TB, dir string) *dedup.Store {
+	tb.Helper()
+	s, err := dedup.Open(filepath.Join(dir, "index.db"), &dedup.Options{ExpectedKeys: 1024})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func testEvents(n int) []event.Event {
+	evs := make([]event.Event, n)
+	for i := range evs {
+		evs[i] = event.Event{Topic: "t", EventID: fmt.Sprint("e", i), Source: "s",
+			Timestamp: time.Date(2025, 10, 20, 0, 0, 0, 0, time.UTC), Payload: []byte(`{}`)}
+	}
+	return evs
+}
+
+func listQuery() event.ListQuery { return event.ListQuery{Limit: 10} }

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aggregator-dev/aggregator/wal"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// The reference service's five tests (tests/test_app.py), against the real
+// wiring: log, index, consumer and API in one in-process server.
+
+func TestReferenceSchemaValidation(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	status, body := ts.do(http.MethodPost, "/publish", "application/json", []byte(`{"topic":"t","event_id":"e"}`))
+	if status != http.StatusUnprocessableEntity {
+		t.Fatalf("status %d, want 422: %s", status, body)
+	}
+	if st := ts.stats(); st.Received != 0 {
+		t.Fatalf("a rejected event was received: %+v", st)
+	}
+}
+
+func TestReferenceDedupPersistence(t *testing.T) {
+	dir := t.TempDir()
+	ev := makeEvent(1, "t1")
+
+	ts := startServer(t, dir, nil)
+	ts.publish(ev)
+	if st := ts.drain(10 * time.Second); st.UniqueProcessed != 1 {
+		t.Fatalf("unique_processed %d, want 1", st.UniqueProcessed)
+	}
+	ts.stop(t)
+
+	// Restart on the same data directory: the key is remembered.
+	ts2 := startServer(t, dir, nil)
+	ts2.publish(ev)
+	st := ts2.drain(10 * time.Second)
+	// The reference accepted either; both must hold here.
+	if st.DuplicateDropped != 1 || st.UniqueProcessed != 1 || st.Received != 2 {
+		t.Fatalf("after restart: %+v, want received 2, unique 1, duplicates 1", st)
+	}
+	if evs := ts2.listAll(""); len(evs) != 1 {
+		t.Fatalf("listed %d events, want 1", len(evs))
+	}
+}
+
+func TestReferenceDedupDetection(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	ev := makeEvent(2, "t1")
+	ts.publish(ev)
+	ts.publish(ev)
+	st := ts.drain(10 * time.Second)
+	if st.Received != 2 || st.UniqueProcessed != 1 || st.DuplicateDropped != 1 {
+		t.Fatalf("stats %+v, want received 2, unique 1, duplicates 1", st)
+	}
+}
+
+func TestReferenceEventsStatsConsistency(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	var events []any
+	for i := 3; i < 8; i++ {
+		events = append(events, makeEvent(i, "t1"))
+	}
+	if r := ts.publish(events); r.Enqueued != 5 || r.LastOffset-r.FirstOffset != 4 {
+		t.Fatalf("reply %+v", r)
+	}
+	st := ts.drain(10 * time.Second)
+	evs := ts.listAll("")
+	if uint64(len(evs)) != st.UniqueProcessed || len(evs) != 5 {
+		t.Fatalf("listed %d events, unique_processed %d, want 5 and 5", len(evs), st.UniqueProcessed)
+	}
+	for _, e := range evs {
+		if e.Payload["i"] == nil || e.Timestamp != "2025-10-20T00:00:00Z" || e.Source != "test" {
+			t.Errorf("event %+v", e)
+		}
+	}
+	if len(st.Topics) != 1 || st.Topics[0] != "t1" || st.TopicCounts["t1"] != 5 {
+		t.Errorf("topics %v %v", st.Topics, st.TopicCounts)
+	}
+}
+
+func TestReferenceStressBatch(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	const total = 5000
+	unique := int(total * (1 - 0.2))
+	events := make([]any, 0, total)
+	for i := range unique {
+		events = append(events, makeEvent(i, "stress"))
+	}
+	for i := range total - unique {
+		events = append(events, makeEvent(i%unique, "stress"))
+	}
+	start := time.Now()
+	ts.publish(events)
+	st := ts.drain(30 * time.Second)
+	t.Logf("5000 events (20%% duplicates) published and applied in %v", time.Since(start))
+	if st.Received != total || st.UniqueProcessed != uint64(unique) || st.DuplicateDropped != total-uint64(unique) {
+		t.Fatalf("stats %+v, want received %d, unique %d", st, total, unique)
+	}
+	seen := map[string]bool{}
+	for _, e := range ts.listAll("stress") {
+		if seen[e.EventID] {
+			t.Fatalf("event %s listed twice", e.EventID)
+		}
+		seen[e.EventID] = true
+	}
+	if len(seen) != unique {
+		t.Fatalf("listed %d distinct events, want %d", len(seen), unique)
+	}
+}
+
+// Beyond the reference.
+
+func TestSecondProcessFailsFast(t *testing.T) {
+	dir := t.TempDir()
+	startServer(t, dir, nil)
+
+	cfg := defaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.DataDir = dir
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := NewServer(cfg, nil).Run(ctx)
+	if !errors.Is(err, wal.ErrLocked) || !strings.Contains(err.Error(), "in use by another aggregator process") {
+		t.Fatalf("second server on the same directory: %v, want a clear wal.ErrLocked", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("second server took %v to fail", took)
+	}
+}
+
+func TestLifetimeCountersSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServer(t, dir, nil)
+	for i := range 3 {
+		ts.publish([]any{makeEvent(i, "a"), makeEvent(i, "b"), makeEvent(0, "a")})
+	}
+	before := ts.drain(10 * time.Second)
+	ts.stop(t)
+
+	ts2 := startServer(t, dir, nil)
+	ts2.waitReady(10 * time.Second)
+	after := ts2.drain(10 * time.Second)
+	if after.Received != 9 || after.UniqueProcessed != 6 || after.DuplicateDropped != 3 ||
+		after.Received != before.Received || after.WAL.LastOffset != 9 {
+		t.Fatalf("before restart %+v\nafter %+v", before, after)
+	}
+	// Offsets continue after a restart.
+	if r := ts2.publish(makeEvent(9, "a")); r.FirstOffset != 10 {
+		t.Fatalf("offset after restart %d, want 10", r.FirstOffset)
+	}
+}
+
+func TestEndpointsOnRealWiring(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	ts.waitReady(10 * time.Second)
+	ts.publish(makeEvent(1, "t"))
+	ts.drain(10 * time.Second)
+	for _, c := range []struct {
+		method, path string
+		status       int
+		contains     string
+	}{
+		{"GET", "/healthz", 200, `"ok"`},
+		{"GET", "/readyz", 200, `"ready"`},
+		{"GET", "/metrics", 200, "aggregator_events_unique_total 1"},
+		{"GET", "/metrics", 200, "aggregator_wal_records_per_commit_count"},
+		{"GET", "/events?cursor=bogus", 400, "cursor"},
+		{"GET", "/events?limit=0", 400, "limit"},
+		{"GET", "/nope", 404, "error"},
+		{"PUT", "/publish", 405, "error"},
+	} {
+		status, body := ts.do(c.method, c.path, "", nil)
+		if status != c.status || !strings.Contains(string(body), c.contains) {
+			t.Errorf("%s %s: %d %q, want %d containing %q", c.method, c.path, status, body, c.status, c.contains)
+		}
+	}
+}
+
+func TestMaxLagAnswers429(t *testing.T) {
+	// A backend with the index attached but no consumer: the lag only grows.
+	dir := t.TempDir()
+	l, err := wal.Open(dir+"/wal", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	s := openTestStore(t, dir)
+	b := newBackend(l, 5)
+	b.attach(s, nil)
+	evs := testEvents(6)
+	if _, _, err := b.Publish(context.Background(), evs); err != nil {
+		t.Fatalf("publish at lag 0: %v", err)
+	}
+	_, _, err = b.Publish(context.Background(), evs[:1])
+	if status := statusForTest(err); status != http.StatusTooManyRequests {
+		t.Fatalf("publish at lag 6 > 5: %v (status %d), want 429", err, status)
+	}
+	if got := l.LastOffset(); got != 6 {
+		t.Fatalf("log holds %d records, want 6", got)
+	}
+}
+
+func TestBackendMapsLogErrors(t *testing.T) {
+	dir := t.TempDir()
+	l, err := wal.Open(dir+"/wal", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBackend(l, 0)
+	if err := b.Ready(context.Background()); err == nil {
+		t.Fatal("ready before the index is attached")
+	}
+	if _, err := b.List(context.Background(), listQuery()); statusForTest(err) != http.StatusServiceUnavailable {
+		t.Fatalf("list before the index: %v", err)
+	}
+	if _, err := b.Stats(context.Background()); statusForTest(err) != http.StatusServiceUnavailable {
+		t.Fatalf("stats before the index: %v", err)
+	}
+	if _, _, err := b.Publish(context.Background(), testEvents(2)); err != nil {
+		t.Fatalf("publish before the index is open: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = b.Publish(context.Background(), testEvents(1))
+	if !errors.Is(err, wal.ErrClosed) || statusForTest(err) != http.StatusServiceUnavailable {
+		t.Fatalf("publish on a closed log: %v, want 503 wrapping wal.ErrClosed", err)
+	}
+	if err := b.Ready(context.Background()); !errors.Is(err, wal.ErrClosed) {
+		t.Fatalf("ready on a closed log: %v", err)
+	}
+	for _, e := range []error{fmt.Errorf("x: %w", wal.ErrUnavailable), wal.ErrClosed, fmt.Errorf("write: %w", syscall.ENOSPC)} {
+		if statusForTest(walError(e)) != http.StatusServiceUnavailable {
+			t.Errorf("walError(%v) is not a 503", e)
+		}
+	}
+	if other := errors.New("other"); walError(other) != other {
+		t.Error("walError changed an unrelated error")
+	}
+}
