@@ -56,8 +56,9 @@ type drillRun struct {
 }
 
 // drill runs the crash drill: Cycles of publish + kill -9 at a random moment
-// + restart + catch-up + verify, then a torn tail, then SIGTERM. An error is
-// returned only when the drill could not be set up.
+// + restart + catch-up + verify, then two torn tails (a cut record; garbage
+// and a cut record), then SIGTERM. An error is returned only when the drill
+// could not be set up.
 func drill(ctx context.Context, cfg drillConfig) (res drillResult, err error) {
 	if cfg.Cycles <= 0 {
 		cfg.Cycles = 5
@@ -115,9 +116,17 @@ func drill(ctx context.Context, cfg drillConfig) (res drillResult, err error) {
 		detail, err := d.crashCase(ctx, fmt.Sprintf("c%d", k), cfg.Gen.Events, nil)
 		report(fmt.Sprintf("cycle %d/%d", k, cfg.Cycles), detail, err)
 	}
-	if ctx.Err() == nil {
-		detail, err := d.crashCase(ctx, "torn", max(cfg.Gen.Events/2, 1), d.tearTail)
-		report("torn tail", detail, err)
+	for i, garbage := range []bool{false, true} {
+		if ctx.Err() != nil {
+			break
+		}
+		name := "torn tail (cut record)"
+		if garbage {
+			name = "torn tail (garbage + cut record)"
+		}
+		tear := func() (string, error) { return d.tearTail(garbage) }
+		detail, err := d.crashCase(ctx, fmt.Sprintf("torn%d", i+1), max(cfg.Gen.Events/2, 1), tear)
+		report(name, detail, err)
 	}
 	if ctx.Err() == nil {
 		detail, err := d.sigtermCase(ctx)
@@ -350,9 +359,10 @@ func (d *drillRun) verify(ctx context.Context) (string, error) {
 		lag0.Round(time.Millisecond), rep.Acked, rep.Stats.Received, rep.Stats.UniqueProcessed, rep.Stats.DuplicateDropped), nil
 }
 
-// tearTail appends garbage and then a cut record to the newest segment file
-// of the stopped server's write-ahead log.
-func (d *drillRun) tearTail() (string, error) {
+// tearTail appends a cut record, preceded by garbage if asked, to the newest
+// segment file of the stopped server's write-ahead log: what a torn write
+// leaves behind.
+func (d *drillRun) tearTail(withGarbage bool) (string, error) {
 	walDir := filepath.Join(d.dataDir, "wal")
 	ents, err := os.ReadDir(walDir)
 	if err != nil {
@@ -375,13 +385,17 @@ func (d *drillRun) tearTail() (string, error) {
 	if len(data) < 2 {
 		return "", fmt.Errorf("segment %s has %d bytes, nothing to cut", newest, len(data))
 	}
-	garbage := make([]byte, 61)
+	var garbage []byte
+	if withGarbage {
+		garbage = make([]byte, 61)
+	}
 	for i := range garbage {
 		garbage[i] = byte(d.rng.UintN(256))
 	}
-	// The segment starts with a whole record; its first half is a record
-	// cut short the way a torn write leaves it.
-	cut := data[:min(len(data)/2, 200)]
+	// The segment starts with a whole record, and every record the drill
+	// writes is longer than 40 bytes (an event of its own alone is more), so
+	// the first 40 bytes are a record cut short the way a torn write leaves it.
+	cut := data[:min(len(data)/2, 40)]
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		return "", fmt.Errorf("open segment: %w", err)
@@ -391,8 +405,11 @@ func (d *drillRun) tearTail() (string, error) {
 	if err := errors.Join(werr, cerr); err != nil {
 		return "", fmt.Errorf("append to segment: %w", err)
 	}
-	return fmt.Sprintf("appended %d garbage bytes and a %d-byte cut record to %s (%d bytes)",
-		len(garbage), len(cut), newest, len(data)), nil
+	what := fmt.Sprintf("a %d-byte cut record", len(cut))
+	if len(garbage) > 0 {
+		what = fmt.Sprintf("%d garbage bytes and %s", len(garbage), what)
+	}
+	return fmt.Sprintf("appended %s to %s (%d bytes)", what, newest, len(data)), nil
 }
 
 // isSegmentName reports whether name is a segment file name: decimal digits
