@@ -26,6 +26,7 @@ type genConfig struct {
 	Topics      int     // events are spread over this many topics
 	RunID       string  // makes event ids unique per run
 	Seed        uint64  // chooses which events are repeated
+	SameRequest bool    // duplicates may repeat an event of their own request (the reference's stress batch)
 	Timestamp   time.Time
 }
 
@@ -104,7 +105,8 @@ func (c *genConfig) validate() error {
 //
 // Of cfg.Events events, round(Events*DupFraction) repeat an event that was
 // first placed in an earlier request, so a duplicate never shares a request
-// with its original, and no request carries the same event twice. The
+// with its original, and no request carries the same event twice (unless
+// SameRequest, which lets a duplicate follow its original in one request). The
 // duplicates are spread evenly over the run; the first request holds none.
 // If the run is too short to place them all (one request), the rest are
 // unique events, and plan.duplicates says how many were placed.
@@ -130,9 +132,9 @@ func buildPlan(cfg genConfig) (*plan, error) {
 
 	nReq := (cfg.Events + cfg.Batch - 1) / cfg.Batch
 	p.requests = make([]request, nReq)
-	var next uint32 // next unique event number
-	pool := 0       // unique events placed in earlier requests
-	inReq := make(map[uint32]struct{}, cfg.Batch)
+	var next uint32                               // next unique event number
+	pool := 0                                     // unique events placed in earlier requests
+	inReq := make(map[uint32]struct{}, cfg.Batch) // originals repeated in the current request
 	var buf []byte
 	for r := range nReq {
 		n := min(cfg.Batch, cfg.Events-r*cfg.Batch)
@@ -157,6 +159,9 @@ func buildPlan(cfg genConfig) (*plan, error) {
 			if !placed {
 				ids = append(ids, next)
 				next++
+				if cfg.SameRequest {
+					pool = int(next)
+				}
 			}
 		}
 		pool = int(next)

@@ -115,7 +115,7 @@ func getStats(ctx context.Context, c *http.Client, base string) (statsResponse, 
 func waitLagZero(ctx context.Context, c *http.Client, base string, timeout time.Duration) (statsResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	var last statsResponse
 	var lastErr error

@@ -32,7 +32,7 @@ func startLagWatch(c *http.Client, base string, interval time.Duration) *lagWatc
 				return
 			case <-tick.C:
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), interval)
+			ctx, cancel := context.WithTimeout(context.Background(), max(interval, time.Second))
 			s, err := getStats(ctx, c, base)
 			cancel()
 			lw.mu.Lock()

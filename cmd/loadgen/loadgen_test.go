@@ -410,3 +410,30 @@ func TestNewestSegment(t *testing.T) {
 		t.Fatalf("newest = %q", newest)
 	}
 }
+
+func TestBuildPlanSameRequest(t *testing.T) {
+	p, err := buildPlan(genConfig{Events: 5000, Batch: 5000, Format: formatArray, Topics: 1, DupFraction: 0.2,
+		RunID: "stress", Seed: 5, SameRequest: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.requests) != 1 || p.unique != 4000 || p.duplicates != 1000 {
+		t.Fatalf("%d requests, %d unique, %d duplicates; want 1, 4000, 1000", len(p.requests), p.unique, p.duplicates)
+	}
+	evs, err := parseBody(p.contentType, p.requests[0].body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[key]int{}
+	for _, e := range evs {
+		seen[key{e.Topic, e.EventID}]++
+	}
+	for k, n := range seen {
+		if n > 2 {
+			t.Fatalf("%v appears %d times", k, n)
+		}
+	}
+	if len(evs) != 5000 || len(seen) != 4000 {
+		t.Fatalf("%d events, %d distinct", len(evs), len(seen))
+	}
+}

@@ -94,6 +94,7 @@ func genFlags(fs *flag.FlagSet, g *genConfig, events, batch int, format *string)
 	fs.IntVar(&g.PayloadSize, "payload", 256, "bytes of each event's payload object")
 	fs.Float64Var(&g.DupFraction, "dup", 0.2, "fraction of events that repeat an event of an earlier request, in [0,1)")
 	fs.IntVar(&g.Topics, "topics", 4, "number of topics")
+	fs.BoolVar(&g.SameRequest, "dup-same-request", false, "let duplicates repeat an event of their own request (one-request stress batches)")
 	fs.Uint64Var(&g.Seed, "seed", uint64(time.Now().UnixNano()), "random seed (which events repeat, drill kill moments)")
 }
 
@@ -105,6 +106,15 @@ func resolveFormat(format string, batch int) string {
 		return formatArray
 	}
 	return format
+}
+
+// processCPU returns the user+system CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func isTerminal(w io.Writer) bool {
@@ -188,7 +198,9 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	prog := startProgress(stderr, isTerminal(stderr), *every, pb, p.events)
 	runStart := time.Now()
+	cpuStart := processCPU()
 	res := pb.run(ctx, nil, *maxDur)
+	cpu := processCPU() - cpuStart
 	prog.Stop()
 	var lag *lagReport
 	if lw != nil {
@@ -211,6 +223,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	sum := newSummary(g, *conc, p, res)
 	sum.Lag = lag
+	sum.ClientCPUS = cpu.Seconds()
 	if *jsonOut {
 		b, _ := json.Marshal(sum)
 		fmt.Fprintln(stdout, string(b))

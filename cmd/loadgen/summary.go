@@ -30,6 +30,7 @@ type summary struct {
 	LatencyMS    latencyMS      `json:"latency_ms"`
 	Status       map[string]int `json:"status"`
 	Lag          *lagReport     `json:"consumer_lag,omitempty"`
+	ClientCPUS   float64        `json:"client_cpu_s"` // CPU the loadgen itself used during the run (it shares the machine)
 }
 
 type latencyMS struct {
@@ -69,6 +70,7 @@ func (s summary) print(w io.Writer) {
 		parts = append(parts, fmt.Sprintf("%s=%d", k, s.Status[k]))
 	}
 	fmt.Fprintf(w, "status: %s\n", strings.Join(parts, " "))
+	fmt.Fprintf(w, "loadgen cpu: %.2fs (%.0f%% of one core)\n", s.ClientCPUS, 100*s.ClientCPUS/max(s.ElapsedS, 1e-9))
 	if l := s.Lag; l != nil {
 		fmt.Fprintf(w, "consumer lag: max %d, last sample %d (%d samples, %d errors); lag 0 %.3fs after the run; %.0f events/s applied\n",
 			l.Max, l.Last, l.Samples, l.Errors, l.DrainS, l.Processed)
