@@ -178,7 +178,9 @@ func New(b Backend, opts *Options) *Handler {
 	r.GET("/events", h.events)
 	r.GET("/stats", h.stats)
 	r.GET("/healthz", h.healthz)
+	r.HEAD("/healthz", h.healthz)
 	r.GET("/readyz", h.readyz)
+	r.HEAD("/readyz", h.readyz)
 	r.Handler(http.MethodGet, "/metrics", h.metrics.handler())
 	h.router = r
 	return h
