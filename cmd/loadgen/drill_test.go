@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -135,4 +136,28 @@ func TestDrill(t *testing.T) {
 		events = 1500
 	}
 	runDrillTest(t, bin, 2, events, formatNDJSON)
+}
+
+func TestStartupCommand(t *testing.T) {
+	bin, failure := buildBinary(t, "./testdata/fakeagg", "fakeagg")
+	if failure != "" {
+		t.Fatalf("build fake: %s", failure)
+	}
+	dir := t.TempDir()
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"startup", "--server", bin, "--data-dir", dir, "--json", "--timeout", "20s"}, &out, &errb); code != exitOK {
+		t.Fatalf("exit %d: %s %s", code, out.String(), errb.String())
+	}
+	var rep startupReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%q: %v", out.String(), err)
+	}
+	if rep.ReadyS <= 0 || rep.Lag0S < rep.ReadyS || rep.RSSReadyMB <= 0 || rep.SigtermExit != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	t.Setenv("FAKEAGG_FAULT", "sigterm-exit-1")
+	out.Reset()
+	if code := run(context.Background(), []string{"startup", "--server", bin, "--data-dir", dir, "--json"}, &out, &errb); code != exitFail {
+		t.Fatalf("exit %d with a server exiting 1 on SIGTERM: %s", code, out.String())
+	}
 }
