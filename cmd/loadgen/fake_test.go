@@ -42,6 +42,7 @@ type fakeService struct {
 	listTwice     int          // list the event at this index twice (-1: none)
 	uniqueSkew    int64        // added to unique_processed in /stats
 	enqueuedDelta int          // added to "enqueued" in publish responses
+	stuckCursor   bool         // GET /events always returns the first page and a cursor
 }
 
 func newFakeService(tb testing.TB) (*fakeService, string) {
@@ -138,6 +139,10 @@ func (f *fakeService) list(w http.ResponseWriter, r *http.Request) {
 		limit = 100
 	}
 	from, _ := strconv.Atoi(r.URL.Query().Get("cursor"))
+	if f.stuckCursor {
+		_ = json.NewEncoder(w).Encode(map[string]any{"events": f.events[:min(limit, len(f.events))], "next_cursor": "1"})
+		return
+	}
 	var all []fakeEvent
 	for i, e := range f.events {
 		all = append(all, e)

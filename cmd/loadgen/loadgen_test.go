@@ -437,3 +437,20 @@ func TestBuildPlanSameRequest(t *testing.T) {
 		t.Fatalf("%d events, %d distinct", len(evs), len(seen))
 	}
 }
+
+func TestVerifyStopsOnRepeatedCursor(t *testing.T) {
+	fake, base := newFakeService(t)
+	_, res := publishTo(t, base, genConfig{Events: 100, Batch: 10, Format: formatArray, Topics: 1, RunID: "loop"}, 2, nil)
+	if res.EventsAcked != 100 {
+		t.Fatalf("acked %d", res.EventsAcked)
+	}
+	fake.mu.Lock()
+	fake.stuckCursor = true
+	fake.mu.Unlock()
+	c := newClient(1)
+	defer c.CloseIdleConnections()
+	_, err := verify(context.Background(), c, verifyConfig{Base: base, PageSize: 10})
+	if err == nil || !strings.Contains(err.Error(), "returned twice") {
+		t.Fatalf("err = %v, want a repeated-cursor error", err)
+	}
+}
