@@ -17,6 +17,7 @@ import (
 	"github.com/aggregator-dev/aggregator/api"
 	"github.com/aggregator-dev/aggregator/dedup"
 	"github.com/aggregator-dev/aggregator/event"
+	"github.com/aggregator-dev/aggregator/wal"
 )
 
 // client is a small JSON client of a running aggregator.
@@ -233,6 +234,12 @@ type testServer struct {
 // ends (or stop is called), and waits until it is ready.
 func startServer(tb testing.TB, dir string, mutate func(*Config)) *testServer {
 	tb.Helper()
+	return startServerWith(tb, dir, mutate, nil)
+}
+
+// startServerWith is startServer with a seam on the log's options.
+func startServerWith(tb testing.TB, dir string, mutate func(*Config), walSeam func(*wal.Options)) *testServer {
+	tb.Helper()
 	cfg := defaultConfig()
 	cfg.Addr = "127.0.0.1:0"
 	cfg.DataDir = dir
@@ -243,6 +250,7 @@ func startServer(tb testing.TB, dir string, mutate func(*Config)) *testServer {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	srv := NewServer(cfg, testLogger(tb))
+	srv.walSeam = walSeam
 	ts := &testServer{srv: srv, cancel: cancel, done: make(chan error, 1)}
 	go func() { ts.done <- srv.Run(ctx) }()
 	select {

@@ -23,6 +23,10 @@ type Server struct {
 	log     *slog.Logger
 	started chan struct{}
 	addr    net.Addr
+
+	// walSeam, when set (by tests), adjusts the log's options before Open,
+	// e.g. to inject I/O faults.
+	walSeam func(*wal.Options)
 }
 
 // NewServer returns a server for cfg; logger nil discards the logs.
@@ -54,12 +58,16 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	metrics := api.NewMetrics()
 
 	walDir := filepath.Join(cfg.DataDir, "wal")
-	wlog, err := wal.Open(walDir, &wal.Options{
+	walOpts := &wal.Options{
 		SegmentSize: cfg.SegmentSize,
 		Logger:      s.log.With("component", "wal"),
 		Repair:      cfg.WALRepair,
 		OnCommit:    metrics.OnCommit,
-	})
+	}
+	if s.walSeam != nil {
+		s.walSeam(walOpts)
+	}
+	wlog, err := wal.Open(walDir, walOpts)
 	if errors.Is(err, wal.ErrLocked) {
 		return fmt.Errorf("data directory %s is in use by another aggregator process: %w", cfg.DataDir, err)
 	}
