@@ -165,21 +165,30 @@ type Log struct {
 	// Owned by the writer goroutine (and by Open before it starts and Close
 	// after it ended).
 	tw        *twal.Log
-	tailFile  *os.File // the tail segment, opened by us for fsync
-	tailBytes int64    // size tidwall/wal believes the tail segment has
+	tailFile  *os.File   // the tail segment, opened by us for fsync
+	retired   []*os.File // earlier tail handles, closed once no fsync uses them
+	tailBytes int64      // size tidwall/wal believes the tail segment has
+	written   uint64     // last offset handed to tidwall/wal
 	batch     twal.Batch
 	frame     []byte
-	cuts      []cut
-	lastBatch int // bytes of the last failed commit as framed, sizes the recovery probe
+	inflight  *job // written, being fsynced by the syncer
+	ready     *job // written while inflight was being fsynced
+	lastBatch int  // bytes of the last failed commit as framed, sizes the recovery probe
+
+	// The syncer goroutine fsyncs what the writer wrote.
+	syncReq    chan *job
+	syncRes    chan *job
+	syncerDone chan struct{}
 
 	// The queue of appends.
-	qmu     sync.Mutex
-	pending []*request
-	spare   []*request
-	closing bool
-	kick    chan struct{}
-	quit    chan struct{}
-	done    chan struct{}
+	qmu         sync.Mutex
+	pending     []*request
+	outstanding atomic.Int64 // appends queued or in the writer, not yet answered
+	spare       []*request
+	closing     bool
+	kick        chan struct{}
+	quit        chan struct{}
+	done        chan struct{}
 
 	// Committed state, read by everyone, written by the writer and by
 	// TruncateFront.
@@ -212,13 +221,6 @@ type request struct {
 	done        chan struct{}
 }
 
-// cut is a segment change inside one group commit, predicted from
-// tidwall/wal's rule: the tail is closed once it reaches SegmentSize.
-type cut struct {
-	next     uint64 // first offset of the new segment
-	prevSize int64  // final size of the segment closed before it
-}
-
 // Open opens (creating if needed) the log in dir. It verifies every record,
 // cuts a torn tail off the last segment (logging a warning), and fails with
 // a *CorruptionError on damage in an acknowledged record unless
@@ -241,11 +243,16 @@ func Open(dir string, opts *Options) (*Log, error) {
 		quit:   make(chan struct{}),
 		done:   make(chan struct{}),
 		notify: make(chan struct{}),
+
+		syncReq:    make(chan *job),
+		syncRes:    make(chan *job),
+		syncerDone: make(chan struct{}),
 	}
 	if err := l.load(); err != nil {
 		lock.Close()
 		return nil, err
 	}
+	go l.syncer()
 	go l.run()
 	return l, nil
 }
@@ -288,6 +295,7 @@ func (l *Log) load() error {
 	l.segs = segs
 	l.first = segs[0].index
 	l.last.Store(last)
+	l.written = last
 	l.cache.init(l.opts.CacheRecords, l.opts.CacheBytes)
 	return nil
 }
@@ -340,6 +348,17 @@ func (l *Log) closeTail() error {
 		err = errors.Join(err, l.tailFile.Close())
 		l.tailFile = nil
 	}
+	return errors.Join(err, l.closeRetired())
+}
+
+// closeRetired closes the handles of former tail segments.
+func (l *Log) closeRetired() error {
+	var err error
+	for _, f := range l.retired {
+		err = errors.Join(err, f.Close())
+	}
+	clear(l.retired)
+	l.retired = l.retired[:0]
 	return err
 }
 
@@ -371,6 +390,7 @@ func (l *Log) Append(ctx context.Context, records [][]byte) (first, last uint64,
 		return 0, 0, ErrClosed
 	}
 	l.pending = append(l.pending, r)
+	l.outstanding.Add(1)
 	l.qmu.Unlock()
 	select {
 	case l.kick <- struct{}{}:
@@ -384,305 +404,13 @@ func (l *Log) Append(ctx context.Context, records [][]byte) (first, last uint64,
 	l.qmu.Lock()
 	if !r.taken {
 		r.cancelled = true
+		l.outstanding.Add(-1)
 		l.qmu.Unlock()
 		return 0, 0, ctx.Err()
 	}
 	l.qmu.Unlock()
 	<-r.done
 	return r.first, r.last, r.err
-}
-
-// run is the writer goroutine: it gathers pending appends into group
-// commits until Close.
-func (l *Log) run() {
-	defer close(l.done)
-	retry := time.NewTimer(l.opts.RetryInterval)
-	retry.Stop()
-	defer retry.Stop()
-	for {
-		select {
-		case <-l.kick:
-			l.drain()
-		case <-retry.C:
-			if l.state.Load() != nil {
-				l.tryRecover()
-			}
-		case <-l.quit:
-			l.drain()
-			return
-		}
-		if l.state.Load() != nil {
-			retry.Reset(l.opts.RetryInterval)
-		}
-	}
-}
-
-// drain commits everything pending, in bounded group commits.
-func (l *Log) drain() {
-	for {
-		batch := l.take()
-		if len(batch) == 0 {
-			return
-		}
-		l.commit(batch)
-	}
-}
-
-// take removes the next group commit's requests from the queue.
-func (l *Log) take() []*request {
-	l.qmu.Lock()
-	defer l.qmu.Unlock()
-	var (
-		batch      []*request
-		recs, size int
-		i          int
-	)
-	for ; i < len(l.pending); i++ {
-		r := l.pending[i]
-		if r.cancelled {
-			continue
-		}
-		if len(batch) > 0 && (recs+len(r.recs) > l.opts.MaxBatchRecords || size+r.bytes > l.opts.MaxBatchBytes) {
-			break
-		}
-		r.taken = true
-		batch = append(batch, r)
-		recs += len(r.recs)
-		size += r.bytes
-	}
-	rest := append(l.spare[:0], l.pending[i:]...)
-	clear(l.pending)
-	l.spare = l.pending[:0]
-	l.pending = rest
-	return batch
-}
-
-// commit writes one group commit, fsyncs it and answers its callers.
-func (l *Log) commit(batch []*request) {
-	live := batch[:0]
-	for _, r := range batch {
-		if err := r.ctx.Err(); err != nil {
-			r.err = err
-			close(r.done)
-			continue
-		}
-		live = append(live, r)
-	}
-	batch = live
-	if len(batch) == 0 {
-		return
-	}
-	if l.state.Load() != nil && !l.tryRecover() {
-		err := *l.state.Load()
-		for _, r := range batch {
-			r.err = err
-			close(r.done)
-		}
-		return
-	}
-
-	// Frame the records and predict where tidwall/wal starts new segments.
-	first := l.last.Load() + 1
-	next := first
-	tail := l.tailBytes
-	l.cuts = l.cuts[:0]
-	if tail > int64(l.opts.SegmentSize) {
-		l.cuts = append(l.cuts, cut{next: first, prevSize: tail})
-		tail = 0
-	}
-	l.batch.Clear()
-	var records, size, framed int
-	for _, r := range batch {
-		r.first = next
-		for _, rec := range r.recs {
-			var flags byte
-			if next == first {
-				flags = flagBatchStart
-			}
-			l.frame = appendFrame(l.frame[:0], next, flags, rec)
-			l.batch.Write(next, l.frame)
-			framed += entrySize(len(l.frame))
-			tail += int64(entrySize(len(l.frame)))
-			if tail >= int64(l.opts.SegmentSize) {
-				l.cuts = append(l.cuts, cut{next: next + 1, prevSize: tail})
-				tail = 0
-			}
-			next++
-			size += len(rec)
-		}
-		records += len(r.recs)
-		r.last = next - 1
-	}
-
-	fsyncTook, err := l.write()
-	if err != nil {
-		l.lastBatch = framed
-		l.fail(batch, err)
-		return
-	}
-	l.publish(batch, first, next-1, tail)
-	for _, r := range batch {
-		close(r.done)
-	}
-	if l.opts.OnCommit != nil {
-		l.opts.OnCommit(records, size, fsyncTook)
-	}
-}
-
-// write hands the framed batch to tidwall/wal, then fsyncs the tail segment
-// and, when segments were created, the directory. It returns how long the
-// fsyncs took.
-func (l *Log) write() (time.Duration, error) {
-	if err := l.tw.WriteBatch(&l.batch); err != nil {
-		return 0, fmt.Errorf("write: %w", err)
-	}
-	if err := l.fault(FaultWrite); err != nil {
-		return 0, fmt.Errorf("write: %w", err)
-	}
-	if len(l.cuts) > 0 {
-		// tidwall/wal fsynced and closed the segments it left behind.
-		if err := l.tailFile.Close(); err != nil {
-			return 0, fmt.Errorf("close segment: %w", err)
-		}
-		l.tailFile = nil
-		f, err := os.OpenFile(filepath.Join(l.dir, segmentName(l.cuts[len(l.cuts)-1].next)), os.O_RDWR, 0)
-		if err != nil {
-			return 0, fmt.Errorf("open new segment: %w", err)
-		}
-		l.tailFile = f
-	}
-	start := time.Now()
-	err := l.fault(FaultSync)
-	if err == nil {
-		err = l.tailFile.Sync()
-	}
-	if err != nil {
-		return 0, fmt.Errorf("sync: %w", err)
-	}
-	if len(l.cuts) > 0 {
-		err := l.fault(FaultSyncDir)
-		if err == nil {
-			err = syncDir(l.dir)
-		}
-		if err != nil {
-			return 0, fmt.Errorf("new segment: %w", err)
-		}
-	}
-	return time.Since(start), nil
-}
-
-func (l *Log) fault(f Fault) error {
-	if l.opts.InjectFault == nil {
-		return nil
-	}
-	return l.opts.InjectFault(f)
-}
-
-// publish makes a durable group commit visible to readers.
-func (l *Log) publish(batch []*request, first, last uint64, tail int64) {
-	l.cache.push(first, batch)
-	l.mu.Lock()
-	for _, c := range l.cuts {
-		l.segs[len(l.segs)-1].size = c.prevSize
-		l.segs = append(l.segs, segment{index: c.next, path: filepath.Join(l.dir, segmentName(c.next))})
-	}
-	l.segs[len(l.segs)-1].size = tail
-	l.last.Store(last)
-	close(l.notify)
-	l.notify = make(chan struct{})
-	l.mu.Unlock()
-	l.tailBytes = tail
-}
-
-// fail brings the log back to its last durable state after a failed group
-// commit, then answers its callers, so that Writable already tells whether
-// that worked when they hear of the failure.
-func (l *Log) fail(batch []*request, cause error) {
-	err := unavailable(cause)
-	l.log.Error("wal: group commit failed, nothing of it acknowledged", logKeyErr, cause)
-	l.state.Store(&err)
-	l.tryRecover()
-	for _, r := range batch {
-		r.first, r.last, r.err = 0, 0, err
-		close(r.done)
-	}
-}
-
-// tryRecover tries to bring the log back to its last durable state: close
-// tidwall/wal, drop what the failed commits left in the files, reopen, and
-// check with a test write that the disk takes data again. It reports
-// whether the log accepts appends again.
-func (l *Log) tryRecover() bool {
-	err := l.recover()
-	if err != nil {
-		err = unavailable(fmt.Errorf("recover: %w", err))
-		l.state.Store(&err)
-		l.log.Warn("wal: log unavailable, recovery failed", logKeyErr, err)
-		return false
-	}
-	if l.state.Swap(nil) != nil {
-		l.log.Info("wal: log recovered, accepting appends")
-	}
-	return true
-}
-
-func (l *Log) recover() error {
-	if err := l.fault(FaultRecover); err != nil {
-		return err
-	}
-	if err := l.closeTail(); err != nil {
-		l.log.Warn("wal: closing after failure", logKeyErr, err)
-	}
-	l.mu.RLock()
-	tail := l.segs[len(l.segs)-1]
-	l.mu.RUnlock()
-	segs, err := listSegments(l.dir)
-	if err != nil {
-		return err
-	}
-	for _, s := range segs {
-		if s.index > tail.index {
-			if err := os.Remove(s.path); err != nil {
-				return fmt.Errorf("remove unacknowledged segment: %w", err)
-			}
-		}
-	}
-	if err := cutFile(tail.path, tail.size); err != nil {
-		return fmt.Errorf("cut unacknowledged records: %w", err)
-	}
-	if err := syncDir(l.dir); err != nil {
-		return err
-	}
-	if err := l.probe(); err != nil {
-		return err
-	}
-	if err := l.openTail(tail); err != nil {
-		return err
-	}
-	if got, err := l.tw.LastIndex(); err != nil || got != l.last.Load() {
-		return errors.Join(fmt.Errorf("reopen: tidwall/wal sees last index %d, expected %d: %w", got, l.last.Load(), err), l.closeTail())
-	}
-	return nil
-}
-
-// probe writes, fsyncs and removes a file as large as the failed commit
-// (4 KiB to 16 MiB), to tell whether the disk takes data again.
-func (l *Log) probe() error {
-	n := min(max(l.lastBatch, 4<<10), 16<<20)
-	path := filepath.Join(l.dir, ".probe")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("probe: %w", err)
-	}
-	_, err = f.Write(make([]byte, n))
-	if err == nil {
-		err = f.Sync()
-	}
-	err = errors.Join(err, f.Close(), os.Remove(path))
-	if err != nil {
-		return fmt.Errorf("probe: %w", err)
-	}
-	return nil
 }
 
 // Writable returns nil when the log accepts appends. Otherwise it returns

@@ -131,7 +131,16 @@ func blockSync(entered chan<- struct{}, release <-chan struct{}) func(Fault) err
 
 func TestAppendContextEndsBeforeWrite(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
-	l := openLog(t, t.TempDir(), &Options{InjectFault: blockSync(entered, release)})
+	var writes atomic.Int64
+	block := blockSync(entered, release)
+	l := openLog(t, t.TempDir(), &Options{InjectFault: func(f Fault) error {
+		if f == FaultWrite {
+			writes.Add(1)
+		}
+		return block(f)
+	}})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -139,32 +148,56 @@ func TestAppendContextEndsBeforeWrite(t *testing.T) {
 		t.Fatalf("Append with a canceled context: %v", err)
 	}
 
-	// A is being fsynced; B waits in the queue until its context ends.
-	aDone := make(chan error, 1)
-	go func() {
-		_, _, err := l.Append(context.Background(), [][]byte{[]byte("a")})
-		aDone <- err
-	}()
+	// A is being fsynced, A2 is written and waits for A's fsync, so B
+	// stays in the queue until its context ends.
+	results := make(chan error, 2)
+	appendAsync := func(rec string) {
+		go func() {
+			_, _, err := l.Append(context.Background(), [][]byte{[]byte(rec)})
+			results <- err
+		}()
+	}
+	appendAsync("a")
 	<-entered
+	appendAsync("a2")
+	waitFor(t, func() bool { return writes.Load() == 2 })
 	bctx, bcancel := context.WithCancel(context.Background())
 	bDone := make(chan error, 1)
 	go func() {
 		_, _, err := l.Append(bctx, [][]byte{[]byte("b1"), []byte("b2")})
 		bDone <- err
 	}()
+	waitFor(t, func() bool { return l.outstanding.Load() == 3 })
 	bcancel()
 	if err := <-bDone; !errors.Is(err, context.Canceled) {
 		t.Fatalf("B: %v, want context.Canceled", err)
 	}
-	close(release)
-	if err := <-aDone; err != nil {
-		t.Fatalf("A: %v", err)
+	releaseOnce()
+	for range 2 {
+		if err := <-results; err != nil {
+			t.Fatalf("A: %v", err)
+		}
 	}
 	first, _ := mustAppend(t, l, []byte("c"))
-	if first != 2 {
-		t.Fatalf("C got offset %d, want 2: B was written", first)
+	if first != 3 {
+		t.Fatalf("C got offset %d, want 3: B was written", first)
 	}
-	checkRecords(t, l, map[uint64][]byte{1: []byte("a"), 2: []byte("c")})
+	got := readAll(t, l)
+	if string(got[3]) != "c" || len(got) != 3 {
+		t.Fatalf("log holds %d records, third %q", len(got), got[3])
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10 seconds.
+func waitFor(tb testing.TB, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatal("condition not reached within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func TestSegmentsRollAndReopen(t *testing.T) {
@@ -274,6 +307,8 @@ func TestCloseWaitsForQueuedAppends(t *testing.T) {
 	dir := t.TempDir()
 	entered, release := make(chan struct{}), make(chan struct{})
 	l := openLog(t, dir, &Options{InjectFault: blockSync(entered, release)})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce) // before the Close of openLog, should the test fail
 	const n = 8
 	results := make(chan error, n)
 	go func() {
@@ -287,23 +322,11 @@ func TestCloseWaitsForQueuedAppends(t *testing.T) {
 			results <- err
 		}()
 	}
-	// Let the queued appends reach the queue before Close.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		l.qmu.Lock()
-		queued := len(l.pending)
-		l.qmu.Unlock()
-		if queued == n-1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d appends queued", queued)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	// Let the queued appends reach the log before Close.
+	waitFor(t, func() bool { return l.outstanding.Load() == n })
 	closeDone := make(chan error, 1)
 	go func() { closeDone <- l.Close() }()
-	close(release)
+	releaseOnce()
 	if err := <-closeDone; err != nil {
 		t.Fatalf("Close: %v", err)
 	}

@@ -62,16 +62,16 @@ func locate(tb testing.TB, dir string) *layout {
 }
 
 // buildTemplate writes a closed log of two segments whose last segment holds
-// the end of one group commit and two whole ones, the last of three records.
+// the end of one group commit and at least three whole ones of three records.
 func buildTemplate(tb testing.TB) (*layout, map[uint64][]byte) {
 	tb.Helper()
 	dir := tb.TempDir()
-	l, err := Open(dir, &Options{SegmentSize: 1000})
+	l, err := Open(dir, &Options{SegmentSize: 1100})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	want := map[uint64][]byte{}
-	for c := range 10 {
+	for c := range 11 {
 		recs := [][]byte{record(3, c, 30), record(3, c, 31), record(3, c, 32)}
 		first, _ := mustAppend(tb, l, recs...)
 		for i, r := range recs {
@@ -89,7 +89,7 @@ func buildTemplate(tb testing.TB) (*layout, map[uint64][]byte) {
 			starts++
 		}
 	}
-	if len(lay.segs) != 2 || starts < 2 || lay.last-lay.lastCommit != 2 {
+	if len(lay.segs) != 2 || starts < 3 || lay.last-lay.lastCommit != 2 {
 		tb.Fatalf("template: %d segments, %d commits in the last one, last commit %d..%d",
 			len(lay.segs), starts, lay.lastCommit, lay.last)
 	}
@@ -156,10 +156,15 @@ func breakCases(lay *layout) []breakCase {
 		})
 	}
 	mid := lastSeg[len(lastSeg)-2] // middle record of the last commit
-	var earlier entryLoc           // a record of an earlier commit in the last segment
-	for _, e := range lastSeg {
-		if e.offset < lay.lastCommit {
-			earlier = e
+	// A record of the first whole commit in the last segment (two more
+	// commits follow it) and one of the commit before the last.
+	var earlier, secondLast entryLoc
+	for i, e := range lastSeg {
+		if e.start && earlier.end == 0 {
+			earlier = lastSeg[i+1]
+		}
+		if e.offset == lay.lastCommit-2 {
+			secondLast = e
 		}
 	}
 	prevSeg := lay.entries[0]
@@ -196,6 +201,15 @@ func breakCases(lay *layout) []breakCase {
 				editFile(tb, at(dir), func(b []byte) []byte { clear(b[mid.pos:mid.end]); return b })
 			},
 			last: mid.offset - 1, cut: true,
+		},
+		breakCase{
+			// Commit k+1 is written while commit k is fsynced, so damage
+			// followed by only one intact commit may be a torn write.
+			name: "flip-bit-in-commit-before-the-last",
+			apply: func(tb testing.TB, dir string, _ *layout) {
+				editFile(tb, at(dir), func(b []byte) []byte { b[secondLast.pos+7] ^= 0x04; return b })
+			},
+			last: secondLast.offset - 1, cut: true,
 		},
 		breakCase{
 			name: "flip-bit-in-earlier-commit-of-last-segment",

@@ -73,25 +73,32 @@ func scanSegment(buf []byte, first uint64) (count int, good int, err error) {
 	return count, good, nil
 }
 
-// laterCommit reports whether buf holds, anywhere after byte from, an intact
-// record that starts a group commit and has an offset above bad. The writer
-// starts a group commit only after the fsync of the previous one returned, so
-// such a record proves that the damaged record at offset bad was acknowledged:
-// the damage is not a torn write and must not be cut silently.
+// laterCommit reports whether buf holds, anywhere after byte from, intact
+// records starting two different group commits with offsets above bad. The
+// writer writes commit k+1 while commit k is being fsynced, but writes k+2
+// only after k's fsync returned. So two later commits prove that the
+// damaged record at offset bad was acknowledged: the damage is not a torn
+// write and must not be cut silently.
 func laterCommit(buf []byte, from int, bad uint64) bool {
 	maxOffset := bad + uint64(len(buf)-from)/headerSize + 1
+	var seen uint64
 	for q := from + 1; q < len(buf); q++ {
 		data, _, err := nextEntry(buf[q:])
 		if err != nil || len(data) < headerSize || data[0] != recordVersion ||
 			data[1] != flagBatchStart {
 			continue
 		}
-		if off := binary.LittleEndian.Uint64(data[2:10]); off <= bad || off > maxOffset {
+		off := binary.LittleEndian.Uint64(data[2:10])
+		if off <= bad || off > maxOffset || off == seen {
 			continue
 		}
-		if _, _, err := decodeFrame(data); err == nil {
+		if _, _, err := decodeFrame(data); err != nil {
+			continue
+		}
+		if seen != 0 {
 			return true
 		}
+		seen = off
 	}
 	return false
 }

@@ -1,0 +1,380 @@
+package wal
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// job is one group commit on its way through the writer and the syncer.
+type job struct {
+	batch          []*request
+	first, last    uint64
+	records, bytes int
+	cuts           []cut    // segments tidwall/wal started while writing it
+	tail           int64    // size of the tail segment after it
+	file           *os.File // tail segment handle to fsync
+	err            error    // write error (writer) or fsync error (syncer)
+	took           time.Duration
+}
+
+// cut is a segment change inside one group commit, predicted from
+// tidwall/wal's rule: the tail is closed once it reaches SegmentSize.
+type cut struct {
+	next     uint64 // first offset of the new segment
+	prevSize int64  // final size of the segment closed before it
+}
+
+// run is the writer goroutine. It gathers pending appends into group
+// commits and hands each, once written, to the syncer. While the syncer
+// fsyncs commit k, the writer already writes commit k+1 (to the page cache),
+// so the CPU work of one commit overlaps the disk wait of the previous one.
+// Commit k+1 is fsynced, and k+2 written, only after k's fsync returned; a
+// failed fsync fails both k and k+1, and the files are cut back to the end
+// of k-1.
+func (l *Log) run() {
+	defer close(l.done)
+	defer func() {
+		close(l.syncReq)
+		<-l.syncerDone
+	}()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	quitting := false
+	for {
+		switch {
+		case l.inflight == nil && l.ready == nil:
+			batch := l.take()
+			if len(batch) == 0 {
+				if quitting {
+					return
+				}
+				if l.state.Load() != nil {
+					retry.Reset(l.opts.RetryInterval)
+				}
+				select {
+				case <-l.kick:
+				case <-retry.C:
+					if l.state.Load() != nil {
+						l.tryRecover()
+					}
+				case <-l.quit:
+					quitting = true
+				}
+				continue
+			}
+			l.ready = l.writeJob(batch)
+		case l.ready == nil:
+			batch := l.take()
+			if len(batch) == 0 {
+				select {
+				case j := <-l.syncRes:
+					l.resolve(j)
+				case <-l.kick:
+				}
+				continue
+			}
+			l.ready = l.writeJob(batch)
+		}
+		if l.inflight != nil {
+			l.resolve(<-l.syncRes)
+		}
+		if l.ready != nil {
+			l.start()
+		}
+	}
+}
+
+// take removes the next group commit's requests from the queue.
+func (l *Log) take() []*request {
+	l.qmu.Lock()
+	defer l.qmu.Unlock()
+	var (
+		batch      []*request
+		recs, size int
+		i          int
+	)
+	for ; i < len(l.pending); i++ {
+		r := l.pending[i]
+		if r.cancelled {
+			continue
+		}
+		if len(batch) > 0 && (recs+len(r.recs) > l.opts.MaxBatchRecords || size+r.bytes > l.opts.MaxBatchBytes) {
+			break
+		}
+		r.taken = true
+		batch = append(batch, r)
+		recs += len(r.recs)
+		size += r.bytes
+	}
+	rest := append(l.spare[:0], l.pending[i:]...)
+	clear(l.pending)
+	l.spare = l.pending[:0]
+	l.pending = rest
+	return batch
+}
+
+// answer completes the requests of a batch with err (nil: their offsets).
+func (l *Log) answer(batch []*request, err error) {
+	l.outstanding.Add(-int64(len(batch)))
+	for _, r := range batch {
+		if err != nil {
+			r.first, r.last, r.err = 0, 0, err
+		}
+		close(r.done)
+	}
+}
+
+// writeJob frames a batch and hands it to tidwall/wal. It returns nil when
+// nothing is left to sync (every caller already answered).
+func (l *Log) writeJob(batch []*request) *job {
+	live := batch[:0]
+	for _, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			l.answer([]*request{r}, err)
+			continue
+		}
+		live = append(live, r)
+	}
+	batch = live
+	if len(batch) == 0 {
+		return nil
+	}
+	if l.state.Load() != nil && !l.tryRecover() {
+		l.answer(batch, *l.state.Load())
+		return nil
+	}
+
+	// Frame the records and predict where tidwall/wal starts new segments.
+	j := &job{batch: batch, first: l.written + 1}
+	next := j.first
+	tail := l.tailBytes
+	if tail > int64(l.opts.SegmentSize) {
+		j.cuts = append(j.cuts, cut{next: next, prevSize: tail})
+		tail = 0
+	}
+	l.batch.Clear()
+	framed := 0
+	for _, r := range batch {
+		r.first = next
+		for _, rec := range r.recs {
+			var flags byte
+			if next == j.first {
+				flags = flagBatchStart
+			}
+			l.frame = appendFrame(l.frame[:0], next, flags, rec)
+			l.batch.Write(next, l.frame)
+			n := entrySize(len(l.frame))
+			framed += n
+			tail += int64(n)
+			if tail >= int64(l.opts.SegmentSize) {
+				j.cuts = append(j.cuts, cut{next: next + 1, prevSize: tail})
+				tail = 0
+			}
+			next++
+			j.bytes += len(rec)
+		}
+		j.records += len(r.recs)
+		r.last = next - 1
+	}
+	j.last, j.tail = next-1, tail
+	l.lastBatch = framed
+	l.written, l.tailBytes = j.last, tail
+	if err := l.tw.WriteBatch(&l.batch); err != nil {
+		j.err = fmt.Errorf("write: %w", err)
+		return j
+	}
+	if err := l.fault(FaultWrite); err != nil {
+		j.err = fmt.Errorf("write: %w", err)
+		return j
+	}
+	if len(j.cuts) > 0 {
+		// tidwall/wal fsynced and closed the segments it left behind; our
+		// handle on the old tail may still be in use by the syncer.
+		l.retired = append(l.retired, l.tailFile)
+		l.tailFile = nil
+		f, err := os.OpenFile(filepath.Join(l.dir, segmentName(j.cuts[len(j.cuts)-1].next)), os.O_RDWR, 0)
+		if err != nil {
+			j.err = fmt.Errorf("open new segment: %w", err)
+			return j
+		}
+		l.tailFile = f
+	}
+	j.file = l.tailFile
+	return j
+}
+
+// start hands the ready job to the syncer, or fails it if its write failed.
+func (l *Log) start() {
+	j := l.ready
+	l.ready = nil
+	if j.err != nil {
+		l.fail(j.err, j)
+		return
+	}
+	l.inflight = j
+	l.syncReq <- j
+}
+
+// resolve takes the syncer's result for the inflight job.
+func (l *Log) resolve(j *job) {
+	l.inflight = nil
+	if err := l.closeRetired(); err != nil {
+		l.log.Warn("wal: closing old segment handle", logKeyErr, err)
+	}
+	if j.err != nil {
+		jobs := []*job{j}
+		if l.ready != nil {
+			jobs = append(jobs, l.ready) // written after j: cut with it
+			l.ready = nil
+		}
+		l.fail(j.err, jobs...)
+		return
+	}
+	l.publish(j)
+	l.answer(j.batch, nil)
+	if l.opts.OnCommit != nil {
+		l.opts.OnCommit(j.records, j.bytes, j.took)
+	}
+}
+
+// syncer is the goroutine that fsyncs each written group commit: its tail
+// segment and, when segments were created, the directory.
+func (l *Log) syncer() {
+	defer close(l.syncerDone)
+	for j := range l.syncReq {
+		start := time.Now()
+		err := l.fault(FaultSync)
+		if err == nil {
+			err = j.file.Sync()
+		}
+		if err != nil {
+			err = fmt.Errorf("sync: %w", err)
+		} else if len(j.cuts) > 0 {
+			if err = l.fault(FaultSyncDir); err == nil {
+				err = syncDir(l.dir)
+			}
+			if err != nil {
+				err = fmt.Errorf("new segment: %w", err)
+			}
+		}
+		j.err, j.took = err, time.Since(start)
+		l.syncRes <- j
+	}
+}
+
+func (l *Log) fault(f Fault) error {
+	if l.opts.InjectFault == nil {
+		return nil
+	}
+	return l.opts.InjectFault(f)
+}
+
+// publish makes a durable group commit visible to readers.
+func (l *Log) publish(j *job) {
+	l.cache.push(j.first, j.batch)
+	l.mu.Lock()
+	for _, c := range j.cuts {
+		l.segs[len(l.segs)-1].size = c.prevSize
+		l.segs = append(l.segs, segment{index: c.next, path: filepath.Join(l.dir, segmentName(c.next))})
+	}
+	l.segs[len(l.segs)-1].size = j.tail
+	l.last.Store(j.last)
+	close(l.notify)
+	l.notify = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// fail brings the log back to its last durable state after a failed group
+// commit, then answers the callers of the failed jobs, so that Writable
+// already tells whether that worked when they hear of the failure.
+func (l *Log) fail(cause error, jobs ...*job) {
+	err := unavailable(cause)
+	l.log.Error("wal: group commit failed, nothing of it acknowledged", logKeyErr, cause)
+	l.state.Store(&err)
+	l.tryRecover()
+	for _, j := range jobs {
+		l.answer(j.batch, err)
+	}
+}
+
+// tryRecover tries to bring the log back to its last durable state: close
+// tidwall/wal, drop what failed commits left in the files, reopen, and
+// check with a test write that the disk takes data again. It reports
+// whether the log accepts appends again. Nothing may be in flight.
+func (l *Log) tryRecover() bool {
+	err := l.recover()
+	if err != nil {
+		err = unavailable(fmt.Errorf("recover: %w", err))
+		l.state.Store(&err)
+		l.log.Warn("wal: log unavailable, recovery failed", logKeyErr, err)
+		return false
+	}
+	if l.state.Swap(nil) != nil {
+		l.log.Info("wal: log recovered, accepting appends")
+	}
+	return true
+}
+
+func (l *Log) recover() error {
+	if err := l.fault(FaultRecover); err != nil {
+		return err
+	}
+	if err := l.closeTail(); err != nil {
+		l.log.Warn("wal: closing after failure", logKeyErr, err)
+	}
+	l.mu.RLock()
+	tail := l.segs[len(l.segs)-1]
+	l.mu.RUnlock()
+	l.written, l.tailBytes = l.last.Load(), tail.size
+	segs, err := listSegments(l.dir)
+	if err != nil {
+		return err
+	}
+	for _, s := range segs {
+		if s.index > tail.index {
+			if err := os.Remove(s.path); err != nil {
+				return fmt.Errorf("remove unacknowledged segment: %w", err)
+			}
+		}
+	}
+	if err := cutFile(tail.path, tail.size); err != nil {
+		return fmt.Errorf("cut unacknowledged records: %w", err)
+	}
+	if err := syncDir(l.dir); err != nil {
+		return err
+	}
+	if err := l.probe(); err != nil {
+		return err
+	}
+	if err := l.openTail(tail); err != nil {
+		return err
+	}
+	if got, err := l.tw.LastIndex(); err != nil || got != l.last.Load() {
+		return errors.Join(fmt.Errorf("reopen: tidwall/wal sees last index %d, expected %d: %w", got, l.last.Load(), err), l.closeTail())
+	}
+	return nil
+}
+
+// probe writes, fsyncs and removes a file as large as the failed commit
+// (4 KiB to 16 MiB), to tell whether the disk takes data again.
+func (l *Log) probe() error {
+	n := min(max(l.lastBatch, 4<<10), 16<<20)
+	path := filepath.Join(l.dir, ".probe")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	_, err = f.Write(make([]byte, n))
+	if err == nil {
+		err = f.Sync()
+	}
+	err = errors.Join(err, f.Close(), os.Remove(path))
+	if err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	return nil
+}
