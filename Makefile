@@ -6,6 +6,8 @@ ADDR      ?= 127.0.0.1:8080
 DATA_DIR  ?= ./data
 BIN_DIR   ?= bin
 BENCHTIME ?= 1s
+# staticcheck: the installed one, else fetched and run by the go tool.
+STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo "$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2")
 DRILL_ARGS ?=
 
 .PHONY: all build run test test-short bench lint drill clean
@@ -32,11 +34,11 @@ test-short:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
-## lint: gofmt, go vet, and staticcheck when it is installed
+## lint: gofmt, go vet and staticcheck
 lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	@if command -v staticcheck >/dev/null 2>&1; then staticcheck ./...; else echo "staticcheck not installed; skipped"; fi
+	$(STATICCHECK) ./...
 
 ## drill: the crash drill of cmd/loadgen (kill -9 under load, restart, verify)
 drill:
