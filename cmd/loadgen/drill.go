@@ -233,7 +233,7 @@ func (d *drillRun) crashCase(ctx context.Context, name string, n int, damage fun
 	if err != nil {
 		return "", err
 	}
-	pb := &publisher{client: d.client, url: d.base + "/publish", plan: p, concurrency: d.cfg.Concurrency, acks: d.acks}
+	pb := &publisher{client: d.client, base: d.base, raw: true, plan: p, concurrency: d.cfg.Concurrency, acks: d.acks}
 	// Until every request is acknowledged, how many of these events the
 	// service holds is unknown; a failure below leaves it unknown.
 	known := d.expected

@@ -35,14 +35,16 @@ type fakeService struct {
 	received   uint64
 	duplicates uint64
 	requests   int
+	bodies     int // publish bodies read, before any hang
 
 	// misbehaviour
-	failEvery     int          // every failEvery-th publish request gets a 503 (0: never)
-	loseKeys      map[key]bool // acknowledged but never stored
-	listTwice     int          // list the event at this index twice (-1: none)
-	uniqueSkew    int64        // added to unique_processed in /stats
-	enqueuedDelta int          // added to "enqueued" in publish responses
-	stuckCursor   bool         // GET /events always returns the first page and a cursor
+	failEvery     int           // every failEvery-th publish request gets a 503 (0: never)
+	loseKeys      map[key]bool  // acknowledged but never stored
+	listTwice     int           // list the event at this index twice (-1: none)
+	uniqueSkew    int64         // added to unique_processed in /stats
+	enqueuedDelta int           // added to "enqueued" in publish responses
+	stuckCursor   bool          // GET /events always returns the first page and a cursor
+	hang          chan struct{} // publish waits for this to close (nil: no wait)
 }
 
 func newFakeService(tb testing.TB) (*fakeService, string) {
@@ -101,6 +103,17 @@ func parseBody(contentType string, body []byte) ([]fakeEvent, error) {
 
 func (f *fakeService) publish(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
+	f.mu.Lock()
+	hang := f.hang
+	f.bodies++
+	f.mu.Unlock()
+	if hang != nil {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	evs, err := parseBody(r.Header.Get("Content-Type"), body)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -129,6 +142,13 @@ func (f *fakeService) publish(w http.ResponseWriter, r *http.Request) {
 		f.events = append(f.events, e)
 	}
 	fmt.Fprintf(w, `{"enqueued":%d,"first_offset":%d,"last_offset":%d}`, len(evs)+f.enqueuedDelta, first, f.received)
+}
+
+// requestsSeen counts publish requests whose body was read.
+func (f *fakeService) requestsSeen() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.bodies
 }
 
 func (f *fakeService) list(w http.ResponseWriter, r *http.Request) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -209,24 +210,35 @@ func TestCheckTarget(t *testing.T) {
 
 func publishTo(t *testing.T, base string, g genConfig, conc int, acks *ackLog) (*plan, *publishResult) {
 	t.Helper()
+	return publishWith(t, base, false, g, conc, acks)
+}
+
+func publishWith(t *testing.T, base string, raw bool, g genConfig, conc int, acks *ackLog) (*plan, *publishResult) {
+	t.Helper()
 	p, err := buildPlan(g)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := newClient(conc)
 	t.Cleanup(c.CloseIdleConnections)
-	pb := &publisher{client: c, url: base + "/publish", plan: p, concurrency: conc, acks: acks}
+	pb := &publisher{client: c, base: base, raw: raw, plan: p, concurrency: conc, acks: acks}
 	return p, pb.run(context.Background(), nil, time.Minute)
 }
 
 func TestPublishRecordsOnlyAcknowledged(t *testing.T) {
-	for _, format := range []string{formatArray, formatNDJSON} {
-		t.Run(format, func(t *testing.T) {
+	for _, c := range []struct {
+		format string
+		raw    bool
+	}{{formatArray, false}, {formatNDJSON, false}, {formatArray, true}, {formatNDJSON, true}} {
+		format := c.format
+		t.Run(fmt.Sprintf("%s/raw=%v", format, c.raw), func(t *testing.T) {
 			fake, base := newFakeService(t)
+			fake.mu.Lock()
 			fake.failEvery = 7
+			fake.mu.Unlock()
 			var buf bytes.Buffer
 			acks := newAckLog(&buf)
-			p, res := publishTo(t, base, genConfig{Events: 2000, Batch: 20, Format: format, Topics: 3,
+			p, res := publishWith(t, base, c.raw, genConfig{Events: 2000, Batch: 20, Format: format, Topics: 3,
 				PayloadSize: 100, DupFraction: 0.2, RunID: "pub", Seed: 3}, 8, acks)
 			if err := acks.Flush(); err != nil {
 				t.Fatal(err)
@@ -267,7 +279,9 @@ func TestPublishRecordsOnlyAcknowledged(t *testing.T) {
 
 func TestPublishShortAckIsNotAcknowledged(t *testing.T) {
 	fake, base := newFakeService(t)
+	fake.mu.Lock()
 	fake.enqueuedDelta = -1
+	fake.mu.Unlock()
 	var buf bytes.Buffer
 	_, res := publishTo(t, base, genConfig{Events: 50, Batch: 5, Format: formatArray, Topics: 1, RunID: "s"}, 2, newAckLog(&buf))
 	if res.RequestsOK != 0 || res.EventsAcked != 0 || !strings.Contains(res.FirstError, "enqueued 4 of 5") {
@@ -283,7 +297,7 @@ func TestPublishTimeCap(t *testing.T) {
 	}
 	c := newClient(1)
 	defer c.CloseIdleConnections()
-	pb := &publisher{client: c, url: base + "/publish", plan: p, concurrency: 1}
+	pb := &publisher{client: c, base: base, raw: true, plan: p, concurrency: 1}
 	res := pb.run(context.Background(), nil, time.Nanosecond)
 	if res.Requests > 1 {
 		t.Fatalf("%d requests started after the time cap", res.Requests)
@@ -302,11 +316,13 @@ func verifyFake(t *testing.T, mutate func(*fakeService, *plan)) *verifyReport {
 		t.Fatal(err)
 	}
 	if mutate != nil {
+		fake.mu.Lock() // the race detector sees no ordering through a raw socket
 		mutate(fake, p)
+		fake.mu.Unlock()
 	}
 	c := newClient(4)
 	defer c.CloseIdleConnections()
-	pb := &publisher{client: c, url: base + "/publish", plan: p, concurrency: 4, acks: acks}
+	pb := &publisher{client: c, base: base, raw: true, plan: p, concurrency: 4, acks: acks}
 	if res := pb.run(context.Background(), nil, time.Minute); res.EventsAcked != g.Events {
 		t.Fatalf("acked %d of %d", res.EventsAcked, g.Events)
 	}
@@ -374,8 +390,11 @@ func TestCLIPublishAndVerify(t *testing.T) {
 	if s.EventsAcked != 400 || s.Duplicates != 100 || s.Status["200"] != 20 || s.EventsPerS <= 0 || s.LatencyMS.Max <= 0 {
 		t.Fatalf("summary %+v", s)
 	}
-	if fake.received != 400 || fake.duplicates != 100 {
-		t.Fatalf("service got %d events, %d duplicates", fake.received, fake.duplicates)
+	fake.mu.Lock()
+	received, duplicates := fake.received, fake.duplicates
+	fake.mu.Unlock()
+	if received != 400 || duplicates != 100 {
+		t.Fatalf("service got %d events, %d duplicates", received, duplicates)
 	}
 
 	out.Reset()
@@ -452,5 +471,41 @@ func TestVerifyStopsOnRepeatedCursor(t *testing.T) {
 	_, err := verify(context.Background(), c, verifyConfig{Base: base, PageSize: 10})
 	if err == nil || !strings.Contains(err.Error(), "returned twice") {
 		t.Fatalf("err = %v, want a repeated-cursor error", err)
+	}
+}
+
+func TestPublishCancelUnblocks(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raw=%v", raw), func(t *testing.T) {
+			fake, base := newFakeService(t)
+			hang := make(chan struct{})
+			defer close(hang)
+			fake.mu.Lock()
+			fake.hang = hang
+			fake.mu.Unlock()
+			p, err := buildPlan(genConfig{Events: 40, Batch: 1, Format: formatObject, Topics: 1, RunID: "hang"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := newClient(4)
+			defer c.CloseIdleConnections()
+			pb := &publisher{client: c, base: base, raw: raw, plan: p, concurrency: 4}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan *publishResult, 1)
+			go func() { done <- pb.run(ctx, nil, time.Minute) }()
+			deadline := time.Now().Add(10 * time.Second)
+			for fake.requestsSeen() < 1 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			cancel()
+			select {
+			case res := <-done:
+				if res.RequestsOK != 0 || res.Requests > 4 || res.Status[statusTransportError] != res.Requests {
+					t.Fatalf("after cancel: %d ok of %d, status %v", res.RequestsOK, res.Requests, res.Status)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("run did not return after its context was cancelled")
+			}
+		})
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -139,6 +140,8 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	ackPath := fs.String("acklog", "", "append every acknowledged topic<TAB>event_id to this file")
 	jsonOut := fs.Bool("json", false, "print the summary as one JSON line")
 	every := fs.Duration("progress-interval", 5*time.Second, "interval of progress lines when stderr is not a terminal")
+	httpClient := fs.String("http-client", "raw", "raw: one lean keep-alive HTTP/1.1 connection per publisher; std: net/http Transport")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the loadgen itself during the run to this file")
 	lagEvery := fs.Duration("lag-interval", 0, "sample the consumer lag (GET /stats) this often and wait for lag 0 at the end (0: off)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -150,6 +153,10 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	if *conc < 1 || *conc > 4096 {
 		fmt.Fprintln(stderr, "loadgen: concurrency must be in [1, 4096]")
+		return exitUsage
+	}
+	if *httpClient != "raw" && *httpClient != "std" {
+		fmt.Fprintln(stderr, "loadgen: http-client must be raw or std")
 		return exitUsage
 	}
 	if *maxDur <= 0 || *every <= 0 {
@@ -188,7 +195,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	client := newClient(*conc)
 	defer client.CloseIdleConnections()
-	pb := &publisher{client: client, url: base + "/publish", plan: p, concurrency: *conc, acks: acks}
+	pb := &publisher{client: client, base: base, raw: *httpClient == "raw", plan: p, concurrency: *conc, acks: acks}
 	var lw *lagWatch
 	var before statsResponse
 	statsClient := newClient(1)
@@ -201,10 +208,25 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		lw = startLagWatch(statsClient, base, *lagEvery)
 	}
 	prog := startProgress(stderr, isTerminal(stderr), *every, pb, p.events)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "loadgen:", err)
+			return exitUsage
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "loadgen:", err)
+			return exitUsage
+		}
+	}
 	runStart := time.Now()
 	cpuStart := processCPU()
 	res := pb.run(ctx, nil, *maxDur)
 	cpu := processCPU() - cpuStart
+	if *cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	prog.Stop()
 	var lag *lagReport
 	if lw != nil {

@@ -6,9 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,8 +20,9 @@ const statusTransportError = "error"
 // publisher sends the requests of a plan with a fixed number of concurrent
 // workers. Its counters may be read while run is in progress.
 type publisher struct {
-	client      *http.Client
-	url         string // the POST /publish URL
+	client      *http.Client // used unless raw
+	base        string       // http://127.0.0.1:port
+	raw         bool         // one rawPoster connection per worker instead of client
 	plan        *plan
 	concurrency int
 	acks        *ackLog // nil: acknowledgements are not recorded
@@ -79,6 +80,8 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 	for w := range outs {
 		wg.Go(func() {
 			out := &outs[w]
+			post := pb.newPoster()
+			defer post.close()
 			out.status = make(map[string]int)
 			out.lat = make([]time.Duration, 0, n/len(outs)+1)
 			var lines []byte
@@ -91,7 +94,7 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 					i = which[i]
 				}
 				r := &pb.plan.requests[i]
-				status, lat, err := pb.send(ctx, r)
+				status, lat, err := pb.send(ctx, post, r)
 				out.sent += len(r.ids)
 				if status != 0 {
 					out.lat = append(out.lat, lat)
@@ -144,34 +147,32 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 // send POSTs one pre-built body. It returns the HTTP status (0 when there was
 // no response), the latency until the response was read, and an error unless
 // the request was acknowledged: status 200 with every event enqueued.
-func (pb *publisher) send(ctx context.Context, r *request) (int, time.Duration, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pb.url, bytes.NewReader(r.body))
-	if err != nil {
-		return 0, 0, fmt.Errorf("new request: %w", err)
-	}
-	req.Header.Set("Content-Type", pb.plan.contentType)
+func (pb *publisher) send(ctx context.Context, p poster, r *request) (int, time.Duration, error) {
 	start := time.Now()
-	resp, err := pb.client.Do(req)
-	if err != nil {
-		return 0, 0, fmt.Errorf("post: %w", err)
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	resp.Body.Close()
+	status, body, err := p.post(ctx, r.body)
 	lat := time.Since(start)
 	if err != nil {
-		return resp.StatusCode, lat, fmt.Errorf("read response: %w", err)
+		return status, lat, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		return resp.StatusCode, lat, fmt.Errorf("status %d: %s", resp.StatusCode, truncate(string(bytes.TrimSpace(body)), 200))
+	if status != http.StatusOK {
+		return status, lat, fmt.Errorf("status %d: %s", status, truncate(string(bytes.TrimSpace(body)), 200))
 	}
 	var pr publishResponse
 	if err := json.Unmarshal(body, &pr); err != nil {
-		return resp.StatusCode, lat, fmt.Errorf("decode response: %w", err)
+		return status, lat, fmt.Errorf("decode response: %w", err)
 	}
 	if pr.Enqueued != len(r.ids) {
-		return resp.StatusCode, lat, fmt.Errorf("%w: enqueued %d of %d", errShortAck, pr.Enqueued, len(r.ids))
+		return status, lat, fmt.Errorf("%w: enqueued %d of %d", errShortAck, pr.Enqueued, len(r.ids))
 	}
-	return resp.StatusCode, lat, nil
+	return status, lat, nil
+}
+
+// newPoster returns the poster of one worker.
+func (pb *publisher) newPoster() poster {
+	if pb.raw {
+		return &rawPoster{addr: strings.TrimPrefix(pb.base, "http://"), contentType: pb.plan.contentType}
+	}
+	return &stdPoster{client: pb.client, url: pb.base + "/publish", contentType: pb.plan.contentType}
 }
 
 // errShortAck is returned for a 200 whose enqueued count is not the number
