@@ -5,12 +5,15 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/aggregator-dev/aggregator/dedup"
 	"github.com/aggregator-dev/aggregator/wal"
 )
 
@@ -29,6 +32,7 @@ func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 			return nil
 		}
 	})
+	ts.waitReady(30 * time.Second)
 	ts.publish(makeEvent(1, "disk"))
 	ts.drain(10 * time.Second)
 
@@ -92,5 +96,47 @@ func TestSlowClientIsCut(t *testing.T) {
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("cut after %v", took)
+	}
+}
+
+// TestPublishWhileIndexOpens holds the index's file lock so that the server's
+// index stays "opening": publishing must already work, reads and /readyz
+// answer 503, and once the index opens the events appear.
+func TestPublishWhileIndexOpens(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := dedup.Open(filepath.Join(dir, "index.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			if err := holder.Close(); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer release()
+	ts := startServerWith(t, dir, func(c *Config) { c.LockTimeout = 30 * time.Second }, nil)
+
+	r := ts.publish([]any{makeEvent(1, "early"), makeEvent(2, "early"), makeEvent(1, "early")})
+	if r.Enqueued != 3 || r.LastOffset != 3 {
+		t.Fatalf("publish while the index opens: %+v", r)
+	}
+	for _, path := range []string{"/readyz", "/events", "/stats"} {
+		if status, body := ts.do(http.MethodGet, path, "", nil); status != http.StatusServiceUnavailable {
+			t.Fatalf("GET %s while the index opens: %d %s, want 503", path, status, body)
+		}
+	}
+
+	release()
+	ts.waitReady(30 * time.Second)
+	st := ts.drain(10 * time.Second)
+	if st.Received != 3 || st.UniqueProcessed != 2 || st.DuplicateDropped != 1 {
+		t.Fatalf("after the index opened: %+v", st)
 	}
 }

@@ -234,10 +234,13 @@ type testServer struct {
 // ends (or stop is called), and waits until it is ready.
 func startServer(tb testing.TB, dir string, mutate func(*Config)) *testServer {
 	tb.Helper()
-	return startServerWith(tb, dir, mutate, nil)
+	ts := startServerWith(tb, dir, mutate, nil)
+	ts.waitReady(30 * time.Second)
+	return ts
 }
 
-// startServerWith is startServer with a seam on the log's options.
+// startServerWith is startServer with a seam on the log's options; it
+// returns once the server listens, without waiting for it to be ready.
 func startServerWith(tb testing.TB, dir string, mutate func(*Config), walSeam func(*wal.Options)) *testServer {
 	tb.Helper()
 	cfg := defaultConfig()
@@ -264,7 +267,6 @@ func startServerWith(tb testing.TB, dir string, mutate func(*Config), walSeam fu
 	}
 	ts.client = newClient(tb, "http://"+srv.Addr().String())
 	tb.Cleanup(func() { ts.stop(tb) })
-	ts.waitReady(30 * time.Second)
 	return ts
 }
 
