@@ -139,13 +139,14 @@ func (o *Options) withDefaults() Options {
 
 // Handler serves the API. Create it with New.
 type Handler struct {
-	backend Backend
-	opts    Options
-	log     *slog.Logger
-	metrics *Metrics
-	router  *httprouter.Router
-	started time.Time
-	pools   pools
+	backend  Backend
+	opts     Options
+	log      *slog.Logger
+	metrics  *Metrics
+	router   *httprouter.Router
+	started  time.Time
+	pools    pools
+	refusals throttle // logging of 429 and 503 replies
 }
 
 // New returns the HTTP handler of the API over b.

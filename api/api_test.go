@@ -423,3 +423,19 @@ func TestMetrics(t *testing.T) {
 	// A second handler on the same metrics must not panic on registration.
 	_ = New(f, &Options{Metrics: m})
 }
+
+func TestThrottle(t *testing.T) {
+	var th throttle
+	t0 := time.Unix(1000, 0)
+	if ok, n := th.allow(t0); !ok || n != 0 {
+		t.Fatalf("first: %v %d", ok, n)
+	}
+	for i := range 5 {
+		if ok, _ := th.allow(t0.Add(time.Duration(i) * 100 * time.Millisecond)); ok {
+			t.Fatalf("event %d within the second let through", i)
+		}
+	}
+	if ok, n := th.allow(t0.Add(time.Second)); !ok || n != 5 {
+		t.Fatalf("after a second: %v, %d skipped, want true, 5", ok, n)
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"sync/atomic"
+	"time"
 
 	"github.com/aggregator-dev/aggregator/event"
 )
@@ -72,13 +74,35 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	switch status {
 	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
-		w.Header().Set("Retry-After", strconv.Itoa(int((h.opts.RetryAfter+999_999_999)/1_000_000_000)))
-		h.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+		w.Header().Set("Retry-After", strconv.Itoa(int((h.opts.RetryAfter+time.Second-1)/time.Second)))
+		// A full disk refuses every request: log one line per second, with
+		// the count of the ones not logged.
+		if ok, skipped := h.refusals.allow(time.Now()); ok {
+			h.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "status", status,
+				"err", err, "refusals_not_logged", skipped)
+		}
 	case http.StatusInternalServerError:
 		h.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		msg = "internal error"
 	}
 	writeError(w, status, msg, details)
+}
+
+// throttle lets one event through per second and counts the others.
+type throttle struct {
+	next    atomic.Int64 // unix nanoseconds before which events are counted, not let through
+	skipped atomic.Int64
+}
+
+// allow reports whether the event at now may be logged, and how many were
+// held back since the last one that was.
+func (t *throttle) allow(now time.Time) (bool, int64) {
+	n := t.next.Load()
+	if now.UnixNano() < n || !t.next.CompareAndSwap(n, now.Add(time.Second).UnixNano()) {
+		t.skipped.Add(1)
+		return false, 0
+	}
+	return true, t.skipped.Swap(0)
 }
 
 func writeError(w http.ResponseWriter, status int, msg string, details []Detail) {

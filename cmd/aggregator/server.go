@@ -40,10 +40,14 @@ func NewServer(cfg Config, logger *slog.Logger) *Server {
 // Started is closed once the server listens (Addr is valid then).
 func (s *Server) Started() <-chan struct{} { return s.started }
 
-// Addr is the address the server listens on, once Started is closed.
+// Addr is the address the server listens on; nil until Started is closed.
 func (s *Server) Addr() net.Addr {
-	<-s.started
-	return s.addr
+	select {
+	case <-s.started:
+		return s.addr
+	default:
+		return nil
+	}
 }
 
 // Run opens the log, starts serving (publishing works from then on), opens the
