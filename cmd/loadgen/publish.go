@@ -28,8 +28,8 @@ type publisher struct {
 	acks        *ackLog // nil: acknowledgements are not recorded
 
 	ackedEvents atomic.Int64 // events of acknowledged requests
-	doneReqs    atomic.Int64 // requests finished, acknowledged or not
-	failedReqs  atomic.Int64 // requests not acknowledged
+	doneReqs    atomic.Int64 // requests finished, acknowledged or not, over all runs
+	failedReqs  atomic.Int64 // requests not acknowledged, over all runs
 }
 
 // publishResult is the outcome of one publisher run.
@@ -70,6 +70,7 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 	type workerOut struct {
 		lat      []time.Duration
 		status   map[string]int
+		done     int
 		sent     int
 		firstErr string
 	}
@@ -95,6 +96,7 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 				}
 				r := &pb.plan.requests[i]
 				status, lat, err := pb.send(ctx, post, r)
+				out.done++
 				out.sent += len(r.ids)
 				if status != 0 {
 					out.lat = append(out.lat, lat)
@@ -129,6 +131,7 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 			res.Status[s] += c
 		}
 		res.EventsSent += o.sent
+		res.Requests += o.done
 		if res.FirstError == "" {
 			res.FirstError = o.firstErr
 		}
@@ -140,7 +143,6 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 			res.EventsAcked += len(pb.plan.requests[i].ids)
 		}
 	}
-	res.Requests = int(pb.doneReqs.Load())
 	return res
 }
 
