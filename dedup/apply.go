@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/aggregator-dev/aggregator/event"
+	"github.com/bits-and-blooms/bloom/v3"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -22,7 +23,7 @@ type Entry struct {
 type ApplyResult struct {
 	Unique     int    // entries stored as new events
 	Duplicates int    // entries whose key was already stored (or earlier in the chunk)
-	Malformed  int    // entries skipped because their topic or event ID is empty
+	Malformed  int    // entries skipped: empty (or oversized) topic or event ID
 	Skipped    int    // entries at or below the checkpoint, already applied before
 	Checkpoint uint64 // checkpoint after the call
 }
@@ -40,7 +41,8 @@ const idxFillPercent = 0.9
 //
 // Offsets must be consecutive and the first one at most Checkpoint()+1, else
 // Apply returns ErrOutOfOrder and changes nothing. An entry with an empty
-// topic or event ID is counted as malformed, never stored. When the commit
+// topic or event ID, or with more than 8 KiB of topic and event ID together,
+// is counted as malformed, never stored. When the commit
 // fails nothing changes (not the checkpoint, not the bloom filter) and the
 // same entries may be applied again.
 func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
@@ -69,16 +71,35 @@ func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
 		return res, nil
 	}
 
-	c := newChunk(work)
+	c := newChunk(work, s.k)
 	c.testBloom(s.bloom)
+	var (
+		runs    = s.runs
+		nextRun = s.nextRun
+	)
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if err := c.classify(tx.Bucket(bucketSeen)); err != nil {
+		probe, err := probeOrder(tx, runs)
+		if err != nil {
 			return err
 		}
+		c.classify(probe)
 		if err := c.write(tx); err != nil {
 			return err
 		}
+		if len(c.fresh) > 0 {
+			r, err := s.writeRun(tx, c, nextRun)
+			if err != nil {
+				return err
+			}
+			runs = append(runs[:len(runs):len(runs)], r)
+			if runs, nextRun, err = s.compact(tx, runs, nextRun+1); err != nil {
+				return err
+			}
+		}
 		meta := tx.Bucket(bucketMeta)
+		if err := meta.Put(metaNextRun, putU64(nextRun)); err != nil {
+			return fmt.Errorf("write next run: %w", err)
+		}
 		for _, kv := range []struct {
 			key   []byte
 			delta int
@@ -107,11 +128,13 @@ func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
 		return res, fmt.Errorf("commit chunk: %w", err)
 	}
 
+	s.runs, s.nextRun = runs, nextRun
 	newKeys := make([][]byte, len(c.fresh))
+	newLocs := make([][]uint64, len(c.fresh))
 	for i, j := range c.fresh {
-		newKeys[i] = c.keys[j]
+		newKeys[i], newLocs[i] = c.keys[j], c.locs[j]
 	}
-	s.bloom.addAll(newKeys)
+	s.bloom.addAll(newKeys, newLocs)
 	keys := s.keys.Add(uint64(len(newKeys)))
 	s.checkpoint.Store(work[len(work)-1].Offset)
 	if uint(keys) > s.bloom.capacityNow() && !s.closed.Load() {
@@ -125,16 +148,17 @@ func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
 // chunk is the working state of one Apply.
 type chunk struct {
 	work      []Entry
-	keys      [][]byte // seen key per entry; nil for a malformed entry
-	maybe     []bool   // bloom filter says the key may be stored
-	order     []int    // indices of valid entries sorted by (key, offset)
-	fresh     []int    // indices of new entries, sorted by key
+	keys      [][]byte   // seen key per entry; nil for a malformed entry
+	locs      [][]uint64 // bloom hash locations of each key (shared by all filters)
+	maybe     []bool     // bloom filter says the key may be stored
+	order     []int      // indices of valid entries sorted by (key, offset)
+	fresh     []int      // indices of new entries, sorted by key
 	dups      int
 	malformed int
 }
 
-func newChunk(work []Entry) *chunk {
-	c := &chunk{work: work, keys: make([][]byte, len(work)), maybe: make([]bool, len(work))}
+func newChunk(work []Entry, k uint) *chunk {
+	c := &chunk{work: work, keys: make([][]byte, len(work)), locs: make([][]uint64, len(work)), maybe: make([]bool, len(work))}
 	size := 0
 	for i := range work {
 		size += 10 + len(work[i].Event.Topic) + len(work[i].Event.EventID)
@@ -143,17 +167,18 @@ func newChunk(work []Entry) *chunk {
 	c.order = make([]int, 0, len(work))
 	for i := range work {
 		e := &work[i].Event
-		if e.Topic == "" || e.EventID == "" {
+		if e.Topic == "" || e.EventID == "" || len(e.Topic)+len(e.EventID) > maxKeyLen {
 			c.malformed++
 			continue
 		}
 		start := len(buf)
 		buf = appendSeenKey(buf, e.Topic, e.EventID)
 		c.keys[i] = buf[start:len(buf):len(buf)]
+		c.locs[i] = bloom.Locations(c.keys[i], k)
 		c.order = append(c.order, i)
 	}
-	// Stable sort of offset-ordered indices: equal keys keep offset order.
-	slices.SortStableFunc(c.order, func(a, b int) int { return bytes.Compare(c.keys[a], c.keys[b]) })
+	// Equal keys keep offset order (the index breaks ties).
+	slices.SortFunc(c.order, func(a, b int) int { return cmp.Or(bytes.Compare(c.keys[a], c.keys[b]), cmp.Compare(a, b)) })
 	return c
 }
 
@@ -161,14 +186,14 @@ func (c *chunk) testBloom(g *guardedFilter) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, i := range c.order {
-		c.maybe[i] = g.f.Test(c.keys[i])
+		c.maybe[i] = g.f.TestLocations(c.locs[i])
 	}
 }
 
 // classify decides for every valid entry whether it is new: the first
-// occurrence of a key in the chunk is new unless the bloom filter and then the
-// seen bucket say it is stored; later occurrences are duplicates.
-func (c *chunk) classify(seen *bolt.Bucket) error {
+// occurrence of a key in the chunk is new unless the bloom filter and then a
+// run of the seen set say it is stored; later occurrences are duplicates.
+func (c *chunk) classify(probe []probeRun) {
 	c.fresh = make([]int, 0, len(c.order))
 	var prev []byte
 	for n, i := range c.order {
@@ -178,23 +203,16 @@ func (c *chunk) classify(seen *bolt.Bucket) error {
 			continue
 		}
 		prev = k
-		if c.maybe[i] && seen.Get(k) != nil {
+		if c.maybe[i] && inRuns(probe, k, c.locs[i]) {
 			c.dups++
 			continue
 		}
 		c.fresh = append(c.fresh, i)
 	}
-	return nil
 }
 
-// write stores the new keys and events and updates the per-topic counts.
+// write stores the new events and updates the per-topic counts.
 func (c *chunk) write(tx *bolt.Tx) error {
-	seen := tx.Bucket(bucketSeen)
-	for _, i := range c.fresh { // sorted by key
-		if err := seen.Put(c.keys[i], nil); err != nil {
-			return fmt.Errorf("put seen key: %w", err)
-		}
-	}
 	if len(c.fresh) == 0 {
 		return nil
 	}

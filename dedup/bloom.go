@@ -1,6 +1,7 @@
 package dedup
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -33,12 +34,13 @@ func (g *guardedFilter) capacityNow() uint {
 	return g.capacity
 }
 
-// addAll adds committed keys; while a rebuild runs they are also kept for it.
-func (g *guardedFilter) addAll(keys [][]byte) {
+// addAll adds committed keys, given with their hash locations; while a
+// rebuild runs the keys are also kept for it.
+func (g *guardedFilter) addAll(keys [][]byte, locs [][]uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for _, k := range keys {
-		g.f.Add(k)
+	for _, l := range locs {
+		addLocs(g.f, l)
 	}
 	if g.pending != nil {
 		g.pending = append(g.pending, keys...)
@@ -91,14 +93,16 @@ func (s *Store) startGrow(newCap uint) {
 }
 
 // buildFilter makes a filter sized for capacity keys at the configured rate
-// and adds every key of the seen bucket to it, reading in batches of short
-// read transactions so a long scan never holds up the writer's remap.
-// Keys committed after the scan started may or may not be seen; the caller
-// replays them (see grow). grow selects the seam flag for tests.
+// and adds every key of the seen set to it. It reads in global key order
+// (merging the runs) in batches of short read transactions, so a long scan
+// never holds up the writer's remap of the file; merges between batches do
+// not matter, since a stored key stays stored in some run. Keys committed
+// after the scan started may or may not be seen; grow replays them. grow
+// selects the seam flag for tests.
 func (s *Store) buildFilter(capacity uint, grow bool) (*bloom.BloomFilter, int, error) {
-	f := bloom.NewWithEstimates(capacity, s.fpRate)
+	f := s.newFilter(capacity)
 	var (
-		last    []byte
+		last    []byte // last key added, nil before the first
 		scanned int
 		done    bool
 	)
@@ -109,27 +113,21 @@ func (s *Store) buildFilter(capacity uint, grow bool) (*bloom.BloomFilter, int, 
 		default:
 		}
 		err := s.db.View(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bucketSeen).Cursor()
-			var k []byte
-			if last == nil {
-				k, _ = c.First()
-			} else if k, _ = c.Seek(last); k != nil && string(k) == string(last) {
-				k, _ = c.Next()
+			m, err := newRunMerger(tx, last)
+			if err != nil {
+				return err
 			}
 			for n := 0; n < s.opts.rebuildBatch; n++ {
+				k := m.next()
 				if k == nil {
 					done = true
-					return nil
+					break
 				}
 				f.Add(k)
 				scanned++
 				last = k
-				k, _ = c.Next()
 			}
-			if k == nil {
-				done = true
-			}
-			last = append([]byte(nil), last...) // k is only valid inside the transaction
+			last = bytes.Clone(last) // keys live in the mmap only during the transaction
 			return nil
 		})
 		if err != nil {
@@ -142,4 +140,48 @@ func (s *Store) buildFilter(capacity uint, grow bool) (*bloom.BloomFilter, int, 
 		}
 	}
 	return f, scanned, nil
+}
+
+// newFilter returns an empty filter for n keys at the configured rate. All
+// filters of a Store share the number of hash functions s.k, so one
+// bloom.Locations per key serves them all.
+func (s *Store) newFilter(n uint) *bloom.BloomFilter {
+	m, _ := bloom.EstimateParameters(max(n, 1), s.fpRate)
+	return bloom.New(max(m, 64), s.k)
+}
+
+// openFilters builds, in one pass over the seen set, the front filter for
+// capacity keys and the filter of every run. It runs in Open, before any
+// Apply, so a single read transaction is fine.
+func (s *Store) openFilters(capacity uint) (*bloom.BloomFilter, int, error) {
+	front := s.newFilter(capacity)
+	scanned := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		seen := tx.Bucket(bucketSeen)
+		for i := range s.runs {
+			r := &s.runs[i]
+			b := seen.Bucket(runName(r.id))
+			if b == nil {
+				return fmt.Errorf("run %d missing", r.id)
+			}
+			r.f = s.newFilter(uint(r.n))
+			it := &runIter{c: b.Cursor()}
+			for it.seek(nil); it.key() != nil; it.advance() {
+				locs := bloom.Locations(it.key(), s.k)
+				addLocs(front, locs)
+				addLocs(r.f, locs)
+				scanned++
+				if s.opts.onRebuildStep != nil && scanned%s.opts.rebuildBatch == 0 {
+					if err := s.opts.onRebuildStep(scanned, false); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, scanned, fmt.Errorf("scan seen keys: %w", err)
+	}
+	return front, scanned, nil
 }

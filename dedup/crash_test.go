@@ -76,7 +76,7 @@ func (g *genLog) TruncateFront(offset uint64) error {
 func crashOptions(dir, point string, at int) (*Options, *ConsumerOptions) {
 	kill := func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL); select {} }
 	commits, applied := 0, 0
-	o := &Options{ExpectedKeys: 1 << 16, rebuildBatch: 50}
+	o := &Options{ExpectedKeys: 1 << 16, rebuildBatch: 50, fanout: 3, blockTarget: 100}
 	co := &ConsumerOptions{ChunkEntries: crashChunk, ChunkDelay: -1}
 	switch point {
 	case "before-commit": // everything written into the transaction, commit not begun
@@ -176,7 +176,7 @@ func TestCrashPoints(t *testing.T) {
 			if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 				t.Fatalf("child did not die by SIGKILL at %s: %v\n%s", tc.point, err, out)
 			}
-			s := mustOpenPath(t, filepath.Join(dir, "index.db"), &Options{ExpectedKeys: 64})
+			s := mustOpenPath(t, filepath.Join(dir, "index.db"), &Options{ExpectedKeys: 64, fanout: 3, blockTarget: 100})
 			cp := s.Checkpoint()
 			if !tc.wantCP(cp) {
 				t.Fatalf("checkpoint after crash at %s = %d", tc.point, cp)

@@ -17,7 +17,15 @@ func TestMain(m *testing.M) {
 	if os.Getenv(crashEnvDir) != "" {
 		os.Exit(crashHelper())
 	}
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	removeFixtures()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // mustOpen opens a store in a fresh directory and closes it at cleanup.

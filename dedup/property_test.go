@@ -38,7 +38,8 @@ func runInterleaving(t *testing.T, seed uint64) {
 		stopAfter   atomic.Bool
 		stopped     = make(chan struct{}, 1)
 	)
-	opts := &Options{ExpectedKeys: uint(8 + rng.IntN(64)), rebuildBatch: 1 + rng.IntN(20), FailCommit: func() error {
+	opts := &Options{ExpectedKeys: uint(8 + rng.IntN(64)), rebuildBatch: 1 + rng.IntN(20),
+		fanout: 2 + rng.IntN(3), blockTarget: 16 + rng.IntN(200), FailCommit: func() error {
 		if failCommits.Load() {
 			failed.Add(1)
 			return errors.New("injected commit failure")

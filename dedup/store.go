@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bits-and-blooms/bloom/v3"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -30,7 +31,8 @@ const formatVersion = 1
 
 // Bucket names and meta keys.
 var (
-	bucketSeen   = []byte("seen")
+	bucketSeen   = []byte("seen") // nested buckets: the runs of the seen set
+	bucketRuns   = []byte("runs") // run id -> number of keys
 	bucketIdx    = []byte("idx")
 	bucketTopics = []byte("topics")
 	bucketMeta   = []byte("meta")
@@ -40,6 +42,7 @@ var (
 	metaUnique     = []byte("unique")
 	metaDuplicates = []byte("duplicates")
 	metaMalformed  = []byte("malformed")
+	metaNextRun    = []byte("nextrun")
 )
 
 var (
@@ -81,7 +84,9 @@ type Options struct {
 
 	// Unexported seams for this package's tests and benchmarks.
 	noSync        bool                               // skip fdatasync (benchmark fixtures only)
-	rebuildBatch  int                                // keys per read transaction of a rebuild
+	blockTarget   int                                // key bytes per seen-set block (default defaultBlockTarget)
+	fanout        int                                // runs merged together (default defaultFanout)
+	rebuildBatch  int                                // keys between two calls of onRebuildStep
 	onRebuildStep func(scanned int, grow bool) error // called after each rebuild batch
 }
 
@@ -92,7 +97,8 @@ type Stats struct {
 	Malformed       uint64 // entries skipped as invalid (empty topic or event ID)
 	Checkpoint      uint64 // last applied log offset; Unique+Duplicates+Malformed when the log starts at 1
 	Topics          map[string]uint64
-	Keys            uint64  // keys in the seen set
+	Keys            uint64  // keys in the seen set (= Unique)
+	SeenRuns        int     // sorted runs the seen set is split into
 	BloomBits       uint64  // size of the bloom filter in bits
 	BloomK          uint64  // hash functions of the bloom filter
 	BloomFPEstimate float64 // analytic false-positive rate at the current number of keys
@@ -105,10 +111,13 @@ type Store struct {
 	log    *slog.Logger
 	opts   Options
 	fpRate float64
+	k      uint // hash functions of every filter
 
 	applyMu    sync.Mutex // serialises Apply and the start of a rebuild
 	checkpoint atomic.Uint64
 	keys       atomic.Uint64 // stored keys (= unique); written under applyMu
+	runs       []runInfo     // runs of the seen set, oldest first; guarded by applyMu
+	nextRun    uint64        // id of the next run; guarded by applyMu
 	bloom      *guardedFilter
 	growing    atomic.Bool // a bloom rebuild is running
 
@@ -136,6 +145,12 @@ func Open(path string, opts *Options) (*Store, error) {
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = DefaultLockTimeout
 	}
+	if o.fanout < 2 {
+		o.fanout = defaultFanout
+	}
+	if o.blockTarget <= 0 {
+		o.blockTarget = defaultBlockTarget
+	}
 	if o.rebuildBatch <= 0 {
 		o.rebuildBatch = 64 << 10
 	}
@@ -158,12 +173,13 @@ func Open(path string, opts *Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	s := &Store{db: db, log: logger, opts: o, fpRate: o.FalsePositiveRate, stop: make(chan struct{})}
+	_, s.k = bloom.EstimateParameters(DefaultExpectedKeys, o.FalsePositiveRate)
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
 	capacity := max(o.ExpectedKeys, uint(s.keys.Load())*2)
-	f, scanned, err := s.buildFilter(capacity, false)
+	f, scanned, err := s.openFilters(capacity)
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("build bloom filter: %w", err)
@@ -180,7 +196,7 @@ func Open(path string, opts *Options) (*Store, error) {
 // loads the checkpoint and key count.
 func (s *Store) init() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketSeen, bucketIdx, bucketTopics} {
+		for _, name := range [][]byte{bucketSeen, bucketRuns, bucketIdx, bucketTopics} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -199,7 +215,9 @@ func (s *Store) init() error {
 		}
 		s.checkpoint.Store(u64(meta.Get(metaCheckpoint)))
 		s.keys.Store(u64(meta.Get(metaUnique)))
-		return nil
+		s.nextRun = u64(meta.Get(metaNextRun))
+		s.runs, err = loadRuns(tx)
+		return err
 	})
 }
 
@@ -220,7 +238,14 @@ func (s *Store) Stats() (Stats, error) {
 		st.Unique = u64(meta.Get(metaUnique))
 		st.Duplicates = u64(meta.Get(metaDuplicates))
 		st.Malformed = u64(meta.Get(metaMalformed))
-		st.Keys = st.Unique
+		runs, err := loadRuns(tx)
+		if err != nil {
+			return err
+		}
+		for _, r := range runs {
+			st.Keys += r.n
+		}
+		st.SeenRuns = len(runs)
 		return tx.Bucket(bucketTopics).ForEach(func(k, v []byte) error {
 			st.Topics[string(k)] = u64(v)
 			return nil

@@ -119,19 +119,25 @@ func TestReopenKeepsStateAndFilter(t *testing.T) {
 	}
 }
 
-// A filter that says "maybe" to everything must still store every new key.
-func TestSaturatedFilterStillStoresNewKeys(t *testing.T) {
-	s, _ := mustOpen(t, &Options{ExpectedKeys: 1, FalsePositiveRate: 0.5})
+// Filters that say "maybe" to everything must still store every new key.
+func TestSaturatedFiltersStillStoreNewKeys(t *testing.T) {
+	s, _ := mustOpen(t, &Options{ExpectedKeys: 1, FalsePositiveRate: 0.5, blockTarget: 30})
+	mustApply(t, s, entries(1, ev("t", "a", baseTime), ev("t", "b", baseTime), ev("t", "c", baseTime)))
+	mustApply(t, s, entries(4, ev("t", "x", baseTime), ev("t", "y", baseTime)))
 	s.bloom.mu.Lock()
-	s.bloom.f.BitSet().FlipRange(0, s.bloom.f.Cap()) // all ones: every Test is positive
+	s.bloom.f.BitSet().ClearAll().FlipRange(0, s.bloom.f.Cap()) // all ones: every Test is positive
 	s.bloom.capacity = 1 << 30                       // and no growth replaces it
 	s.bloom.mu.Unlock()
+	for _, r := range s.runs {
+		r.f.BitSet().ClearAll().FlipRange(0, r.f.Cap())
+	}
 	var evs []event.Event
 	for i := range 50 {
 		evs = append(evs, ev("t", fmt.Sprint(i%40), baseTime))
 	}
-	res := mustApply(t, s, entries(1, evs...))
-	if res.Unique != 40 || res.Duplicates != 10 {
+	evs = append(evs, ev("t", "b", baseTime), ev("t", "y", baseTime), ev("t", "bb", baseTime))
+	res := mustApply(t, s, entries(6, evs...))
+	if res.Unique != 41 || res.Duplicates != 12 {
 		t.Fatalf("%+v", res)
 	}
 }

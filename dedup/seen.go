@@ -1,0 +1,431 @@
+package dedup
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"slices"
+
+	"github.com/bits-and-blooms/bloom/v3"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The seen set is a small log-structured merge tree inside bbolt. Keys are
+// random, so inserting them one by one into a big B+tree would rewrite most
+// of its leaf pages at every commit. Instead each chunk writes its new keys,
+// sorted, as a new run: a nested bucket of the seen bucket holding sorted
+// blocks of keys (bbolt key = the block's first key, value = the block), so
+// writing a run costs one Put per block. Runs of one size tier are merged,
+// block by block, once `fanout` of them exist, so there are
+// O(fanout * log_fanout(keys)) runs and every key is rewritten
+// O(log_fanout(keys)) times, each time as a sequential copy. Every run also
+// has an in-memory bloom filter of exactly its keys, so a lookup (made only
+// after a positive of the front filter) reads only the runs that may hold the
+// key: in practice one. Every change to the runs (a new run, merges, their
+// sizes in the runs bucket) happens in the chunk's transaction.
+const (
+	defaultFanout      = 16
+	defaultBlockTarget = 16 << 10 // key bytes per block before it is cut
+	// maxKeyLen bounds len(seen key) (about topic + event ID); longer
+	// entries are counted as malformed. bbolt keys must stay below 32 KiB.
+	maxKeyLen = 8 << 10
+)
+
+// Block layout: n (uint32), n key start offsets into the data area (uint32
+// each), then the n keys back to back, ascending.
+
+// blockKey returns the i-th key of block b.
+func blockKey(b []byte, i int) []byte {
+	n := int(binary.BigEndian.Uint32(b))
+	data := b[4+4*n:]
+	start := binary.BigEndian.Uint32(b[4+4*i:])
+	end := uint32(len(data))
+	if i+1 < n {
+		end = binary.BigEndian.Uint32(b[4+4*(i+1):])
+	}
+	return data[start:end]
+}
+
+func blockLen(b []byte) int {
+	if len(b) < 4 {
+		return 0
+	}
+	return int(binary.BigEndian.Uint32(b))
+}
+
+// blockSearch returns the index of the first key >= k and whether it equals k.
+func blockSearch(b []byte, k []byte) (int, bool) {
+	n := blockLen(b)
+	lo, hi := 0, n
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if bytes.Compare(blockKey(b, mid), k) < 0 {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo, lo < n && bytes.Equal(blockKey(b, lo), k)
+}
+
+// runWriter cuts ascending keys into blocks and puts them into a run bucket.
+type runWriter struct {
+	b      *bolt.Bucket
+	target int // block size
+	f      *bloom.BloomFilter
+	offs   []uint32
+	data   []byte
+	first  []byte
+	n      uint64
+}
+
+func (w *runWriter) add(k []byte) error {
+	if len(w.offs) == 0 {
+		w.first = append(w.first[:0], k...)
+	}
+	w.offs = append(w.offs, uint32(len(w.data)))
+	w.data = append(w.data, k...)
+	w.n++
+	if len(w.data) >= w.target {
+		return w.flush()
+	}
+	return nil
+}
+
+func (w *runWriter) flush() error {
+	if len(w.offs) == 0 {
+		return nil
+	}
+	// bbolt keeps the value until the commit: a fresh buffer per block.
+	v := make([]byte, 4+4*len(w.offs)+len(w.data))
+	binary.BigEndian.PutUint32(v, uint32(len(w.offs)))
+	for i, o := range w.offs {
+		binary.BigEndian.PutUint32(v[4+4*i:], o)
+	}
+	copy(v[4+4*len(w.offs):], w.data)
+	if err := w.b.Put(w.first, v); err != nil {
+		return fmt.Errorf("put seen block: %w", err)
+	}
+	w.offs, w.data = w.offs[:0], w.data[:0]
+	return nil
+}
+
+// runInfo is one sorted run: its bucket name (id), number of keys and, in
+// memory only, a bloom filter of exactly its keys.
+type runInfo struct {
+	id uint64
+	n  uint64
+	f  *bloom.BloomFilter
+}
+
+// probeRun is a run opened in a transaction.
+type probeRun struct {
+	b *bolt.Bucket
+	f *bloom.BloomFilter
+}
+
+// addLocs sets the bits of precomputed hash locations (bloom.Locations with
+// the filter's K): the same bits Add would set.
+func addLocs(f *bloom.BloomFilter, locs []uint64) {
+	bits, m := f.BitSet(), uint64(f.Cap())
+	for _, l := range locs {
+		bits.Set(uint(l % m))
+	}
+}
+
+func runName(id uint64) []byte { return putU64(id) }
+
+// loadRuns reads the run list, oldest first.
+func loadRuns(tx *bolt.Tx) ([]runInfo, error) {
+	var runs []runInfo
+	err := tx.Bucket(bucketRuns).ForEach(func(k, v []byte) error {
+		if len(k) != 8 || len(v) != 8 {
+			return fmt.Errorf("bad run entry %x", k)
+		}
+		runs = append(runs, runInfo{id: u64(k), n: u64(v)})
+		return nil
+	})
+	return runs, err
+}
+
+// probeOrder opens the run buckets, largest first.
+func probeOrder(tx *bolt.Tx, runs []runInfo) ([]probeRun, error) {
+	sorted := slices.Clone(runs)
+	slices.SortStableFunc(sorted, func(a, b runInfo) int {
+		switch {
+		case a.n > b.n:
+			return -1
+		case a.n < b.n:
+			return 1
+		}
+		return 0
+	})
+	seen := tx.Bucket(bucketSeen)
+	out := make([]probeRun, len(sorted))
+	for i, r := range sorted {
+		if out[i].b = seen.Bucket(runName(r.id)); out[i].b == nil {
+			return nil, fmt.Errorf("run %d missing", r.id)
+		}
+		out[i].f = r.f
+	}
+	return out, nil
+}
+
+// runHas reports whether run bucket b holds key k.
+func runHas(b *bolt.Bucket, k []byte) bool {
+	c := b.Cursor()
+	bk, bv := c.Seek(k)
+	if bk != nil && bytes.Equal(bk, k) {
+		return true
+	}
+	if bk == nil {
+		_, bv = c.Last()
+	} else {
+		_, bv = c.Prev()
+	}
+	if bv == nil {
+		return false
+	}
+	_, ok := blockSearch(bv, k)
+	return ok
+}
+
+// inRuns reports whether k is stored, reading only the runs whose own filter
+// may hold it.
+func inRuns(probe []probeRun, k []byte, locs []uint64) bool {
+	for _, r := range probe {
+		if r.f.TestLocations(locs) && runHas(r.b, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// newRun creates the bucket of run id and a writer for it.
+func (s *Store) newRun(tx *bolt.Tx, id uint64, keys uint64) (*runWriter, error) {
+	b, err := tx.Bucket(bucketSeen).CreateBucket(runName(id))
+	if err != nil {
+		return nil, fmt.Errorf("create run: %w", err)
+	}
+	b.FillPercent = 1.0 // blocks arrive in key order: fill pages completely
+	return &runWriter{b: b, target: s.opts.blockTarget, f: s.newFilter(uint(keys))}, nil
+}
+
+// finishRun flushes w and records run id with its size.
+func finishRun(tx *bolt.Tx, w *runWriter, id uint64) (runInfo, error) {
+	if err := w.flush(); err != nil {
+		return runInfo{}, err
+	}
+	if err := tx.Bucket(bucketRuns).Put(runName(id), putU64(w.n)); err != nil {
+		return runInfo{}, fmt.Errorf("write run entry: %w", err)
+	}
+	return runInfo{id: id, n: w.n, f: w.f}, nil
+}
+
+// writeRun stores the chunk's new keys (c.fresh is in key order) as run id.
+func (s *Store) writeRun(tx *bolt.Tx, c *chunk, id uint64) (runInfo, error) {
+	w, err := s.newRun(tx, id, uint64(len(c.fresh)))
+	if err != nil {
+		return runInfo{}, err
+	}
+	for _, i := range c.fresh {
+		if err := w.add(c.keys[i]); err != nil {
+			return runInfo{}, err
+		}
+		addLocs(w.f, c.locs[i])
+	}
+	return finishRun(tx, w, id)
+}
+
+// tier is floor(log_fanout(n)): runs whose sizes are within a factor fanout
+// of each other share a tier.
+func tier(n uint64, fanout int) int {
+	t := 0
+	for x := uint64(fanout); n >= x; x *= uint64(fanout) {
+		t++
+	}
+	return t
+}
+
+// compact merges the newest runs while `fanout` of them share a tier (or
+// are below it). It returns the new run list and next run id.
+func (s *Store) compact(tx *bolt.Tx, runs []runInfo, nextID uint64) ([]runInfo, uint64, error) {
+	fanout := s.opts.fanout
+	for {
+		n := len(runs)
+		if n < fanout {
+			return runs, nextID, nil
+		}
+		t := tier(runs[n-1].n, fanout)
+		j := n - 1
+		for j > 0 && tier(runs[j-1].n, fanout) <= t {
+			j--
+		}
+		if n-j < fanout {
+			return runs, nextID, nil
+		}
+		merged, err := s.mergeRuns(tx, runs[j:], nextID)
+		if err != nil {
+			return nil, 0, err
+		}
+		runs = append(runs[:j:j], merged)
+		nextID++
+	}
+}
+
+// mergeRuns writes the union of runs as run id and deletes them.
+func (s *Store) mergeRuns(tx *bolt.Tx, runs []runInfo, id uint64) (runInfo, error) {
+	var total uint64
+	for _, r := range runs {
+		total += r.n
+	}
+	w, err := s.newRun(tx, id, total)
+	if err != nil {
+		return runInfo{}, err
+	}
+	seen := tx.Bucket(bucketSeen)
+	m := &runMerger{}
+	for _, r := range runs {
+		b := seen.Bucket(runName(r.id))
+		if b == nil {
+			return runInfo{}, fmt.Errorf("run %d missing", r.id)
+		}
+		m.add(b, nil)
+	}
+	for k := m.next(); k != nil; k = m.next() {
+		if err := w.add(k); err != nil {
+			return runInfo{}, err
+		}
+		w.f.Add(k)
+	}
+	merged, err := finishRun(tx, w, id)
+	if err != nil {
+		return runInfo{}, err
+	}
+	for _, r := range runs {
+		if err := seen.DeleteBucket(runName(r.id)); err != nil {
+			return runInfo{}, fmt.Errorf("delete run: %w", err)
+		}
+		if err := tx.Bucket(bucketRuns).Delete(runName(r.id)); err != nil {
+			return runInfo{}, fmt.Errorf("delete run entry: %w", err)
+		}
+	}
+	return merged, nil
+}
+
+// runIter walks the keys of one run in order.
+type runIter struct {
+	c     *bolt.Cursor
+	block []byte
+	i, n  int
+}
+
+// key returns the current key, nil at the end.
+func (it *runIter) key() []byte {
+	if it.block == nil {
+		return nil
+	}
+	return blockKey(it.block, it.i)
+}
+
+func (it *runIter) advance() {
+	if it.i++; it.i < it.n {
+		return
+	}
+	for {
+		_, v := it.c.Next()
+		if v == nil {
+			it.block = nil
+			return
+		}
+		if it.block, it.i, it.n = v, 0, blockLen(v); it.n > 0 {
+			return
+		}
+	}
+}
+
+// seek positions the iterator at the first key > after (the first key when
+// after is nil).
+func (it *runIter) seek(after []byte) {
+	var v []byte
+	if after == nil {
+		_, v = it.c.First()
+	} else {
+		bk, bv := it.c.Seek(after)
+		if bk == nil || !bytes.Equal(bk, after) {
+			// The block holding keys just above `after` starts before it.
+			if bk == nil {
+				bk, bv = it.c.Last()
+			} else {
+				bk, bv = it.c.Prev()
+			}
+			if bk == nil {
+				_, bv = it.c.First()
+			}
+		}
+		v = bv
+	}
+	if v == nil {
+		it.block = nil
+		return
+	}
+	it.block, it.n, it.i = v, blockLen(v), 0
+	if after != nil {
+		i, found := blockSearch(v, after)
+		if found {
+			i++
+		}
+		it.i = i - 1
+	} else {
+		it.i = -1
+	}
+	it.advance()
+}
+
+// runMerger yields the keys of several runs in ascending order; a key in
+// several runs (which Apply never writes) is returned once.
+type runMerger struct{ its []*runIter }
+
+func (m *runMerger) add(b *bolt.Bucket, after []byte) {
+	it := &runIter{c: b.Cursor()}
+	it.seek(after)
+	m.its = append(m.its, it)
+}
+
+// next returns the next key, nil at the end. The key is valid while the
+// transaction is.
+func (m *runMerger) next() []byte {
+	var min []byte
+	for _, it := range m.its {
+		if k := it.key(); k != nil && (min == nil || bytes.Compare(k, min) < 0) {
+			min = k
+		}
+	}
+	if min == nil {
+		return nil
+	}
+	for _, it := range m.its {
+		if k := it.key(); k != nil && bytes.Equal(k, min) {
+			it.advance()
+		}
+	}
+	return min
+}
+
+// newRunMerger merges all runs of the seen set from after a key.
+func newRunMerger(tx *bolt.Tx, after []byte) (*runMerger, error) {
+	runs, err := loadRuns(tx)
+	if err != nil {
+		return nil, err
+	}
+	seen := tx.Bucket(bucketSeen)
+	m := &runMerger{}
+	for _, r := range runs {
+		b := seen.Bucket(runName(r.id))
+		if b == nil {
+			return nil, fmt.Errorf("run %d missing", r.id)
+		}
+		m.add(b, after)
+	}
+	return m, nil
+}

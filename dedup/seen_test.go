@@ -1,0 +1,138 @@
+package dedup
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/aggregator-dev/aggregator/event"
+	bolt "go.etcd.io/bbolt"
+)
+
+// With tiny blocks and fanout 2, many runs are written and merged; every
+// lookup, merge and ordered scan must agree with a plain map.
+func TestSeenSetRunsBlocksAndMerges(t *testing.T) {
+	opts := &Options{ExpectedKeys: 32, fanout: 2, blockTarget: 40}
+	s, path := mustOpen(t, opts)
+	rng := rand.New(rand.NewPCG(5, 6))
+	model := map[string]bool{}
+	off := uint64(1)
+	for round := range 60 {
+		var evs []event.Event
+		wantNew := 0
+		inChunk := map[string]bool{}
+		for range 1 + rng.IntN(40) {
+			id := fmt.Sprint(rng.IntN(1500))
+			k := "t/" + id
+			if !model[k] && !inChunk[k] {
+				wantNew++
+			}
+			inChunk[k] = true
+			evs = append(evs, ev("t", id, baseTime))
+		}
+		res := mustApply(t, s, entries(off, evs...))
+		off += uint64(len(evs))
+		if res.Unique != wantNew || res.Duplicates != len(evs)-wantNew {
+			t.Fatalf("round %d: %+v, want %d new of %d", round, res, wantNew, len(evs))
+		}
+		for k := range inChunk {
+			model[k] = true
+		}
+		if len(s.runs) > 2*12 {
+			t.Fatalf("%d runs for %d keys with fanout 2", len(s.runs), len(model))
+		}
+	}
+	var want [][]byte
+	for k := range model {
+		want = append(want, appendSeenKey(nil, "t", k[2:]))
+	}
+	slices.SortFunc(want, bytes.Compare)
+	checkScan := func(s *Store) {
+		t.Helper()
+		err := s.db.View(func(tx *bolt.Tx) error {
+			for _, from := range []int{-1, 0, 1, len(want) / 3, len(want) - 2, len(want) - 1} {
+				var after []byte
+				if from >= 0 {
+					after = want[from]
+				}
+				m, err := newRunMerger(tx, after)
+				if err != nil {
+					return err
+				}
+				for i := from + 1; i <= len(want); i++ {
+					k := m.next()
+					if i == len(want) {
+						if k != nil {
+							t.Fatalf("scan after %d: extra key %q", from, k)
+						}
+						break
+					}
+					if !bytes.Equal(k, want[i]) {
+						t.Fatalf("scan after %d: key %d = %q, want %q", from, i, k, want[i])
+					}
+				}
+				// A key that is not stored, between two stored ones.
+				if from >= 0 {
+					between := append(bytes.Clone(want[from]), 0)
+					m, _ := newRunMerger(tx, between)
+					if k := m.next(); from+1 < len(want) && !bytes.Equal(k, want[from+1]) {
+						t.Fatalf("scan after %q: got %q, want %q", between, k, want[from+1])
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := mustStats(t, s); st.Keys != uint64(len(model)) || st.Unique != uint64(len(model)) {
+			t.Fatalf("stats %+v, %d keys", st, len(model))
+		}
+	}
+	checkScan(s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = mustOpenPath(t, path, opts)
+	checkScan(s)
+	// Everything stored is a duplicate after reopen, and lookups hit runs.
+	var evs []event.Event
+	for k := range model {
+		evs = append(evs, ev("t", k[2:], baseTime.Add(time.Second)))
+	}
+	if res := mustApply(t, s, entries(off, evs...)); res.Duplicates != len(model) || res.Unique != 0 {
+		t.Fatalf("re-publish: %+v", res)
+	}
+}
+
+func TestBlockSearch(t *testing.T) {
+	var keys [][]byte
+	for i := range 50 {
+		keys = append(keys, []byte(fmt.Sprintf("k%03d", i*2)))
+	}
+	w := &runWriter{target: 1 << 20}
+	for _, k := range keys {
+		w.offs = append(w.offs, uint32(len(w.data)))
+		w.data = append(w.data, k...)
+	}
+	// Encode as flush would, without a bucket.
+	v := make([]byte, 4+4*len(w.offs)+len(w.data))
+	v[3] = byte(len(w.offs))
+	for i, o := range w.offs {
+		v[4+4*i+2], v[4+4*i+3] = byte(o>>8), byte(o)
+	}
+	copy(v[4+4*len(w.offs):], w.data)
+	for i := range 100 {
+		k := []byte(fmt.Sprintf("k%03d", i))
+		idx, found := blockSearch(v, k)
+		if found != (i%2 == 0) || idx != (i+1)/2 {
+			t.Fatalf("search %s: %d %v", k, idx, found)
+		}
+	}
+	if idx, found := blockSearch(v, []byte("z")); found || idx != 50 {
+		t.Fatalf("past the end: %d %v", idx, found)
+	}
+}
