@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,8 +29,7 @@ func BenchmarkAppend(b *testing.B) {
 
 func benchAppend(b *testing.B, appenders, events, size int) {
 	var commits atomic.Int64
-	seg, _ := strconv.Atoi(os.Getenv("SEG"))
-	l, err := Open(b.TempDir(), &Options{SegmentSize: seg, OnCommit: func(int, int, time.Duration) { commits.Add(1) }})
+	l, err := Open(b.TempDir(), &Options{OnCommit: func(int, int, time.Duration) { commits.Add(1) }})
 	if err != nil {
 		b.Fatal(err)
 	}

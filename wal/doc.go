@@ -12,9 +12,13 @@
 //
 // Append may be called from many goroutines. One writer goroutine takes
 // everything pending (bounded by Options.MaxBatchRecords and MaxBatchBytes),
-// writes it with one tidwall/wal WriteBatch and one fsync of the tail segment
-// (plus a directory fsync when a segment was created), then answers all of
-// those callers. The contract:
+// writes it with one tidwall/wal WriteBatch, and hands it to a syncer
+// goroutine for one fsync of the tail segment (plus a directory fsync when a
+// segment was created); then all of those callers are answered. While the
+// syncer fsyncs commit k, the writer already writes commit k+1 into the page
+// cache, so the CPU work of one commit overlaps the disk wait of the other;
+// k+1 is fsynced, and k+2 written, only after k's fsync returned. The
+// contract:
 //
 //   - Append returns offsets only after the fsync that covers its records
 //     succeeded; it never acknowledges anything earlier.
@@ -23,8 +27,9 @@
 //   - If the caller's context ends before the writer took the records, they
 //     are not written and the call returns ctx.Err(). Once taken, the call
 //     waits for the fsync and returns its outcome.
-//   - If a write or fsync fails, no caller of that commit is acknowledged;
-//     each gets an error wrapping ErrUnavailable and the I/O error. The
+//   - If a write or fsync fails, no caller of that commit (nor of the one
+//     written behind it) is acknowledged; each gets an error wrapping
+//     ErrUnavailable and the I/O error. The
 //     writer then closes tidwall/wal, cuts the files back to the last
 //     acknowledged record, fsyncs, checks with a test write that the disk
 //     takes data, and reopens. Until that succeeds, appends are refused with
@@ -46,15 +51,16 @@
 //
 // Open verifies every record of every segment and that each segment begins
 // where the previous one ended. A last segment that ends in a partial or
-// failing record, with no intact later group commit behind it, is a torn
-// write (its fsync never returned, nothing of it was acknowledged): Open cuts
-// it back to the last intact record, logs a warning with the segment, offset
-// and byte count, fsyncs and opens. Damage anywhere else is in an
-// acknowledged record: Open fails with a *CorruptionError naming the segment
-// and offset, unless Options.Repair is set, which copies the damaged segment
-// to the damaged/ subdirectory and cuts the log there. Damage confined to the
-// last group commit of the last segment cannot be told from a torn write and
-// is cut like one.
+// failing record, without intact starts of two later group commits behind
+// it, is a torn write (its fsync never returned, nothing of it was
+// acknowledged): Open cuts it back to the last intact record, logs a warning
+// with the segment, offset and byte count, fsyncs and opens. Damage anywhere
+// else is in an acknowledged record: Open fails with a *CorruptionError
+// naming the segment and offset, unless Options.Repair is set, which copies
+// the damaged segment to the damaged/ subdirectory and cuts the log there.
+// Damage confined to the last two group commits of the last segment cannot
+// be told from a torn write and is cut like one. Open reads the whole log
+// once to verify it.
 //
 // # Reading and retention
 //

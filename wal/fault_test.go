@@ -249,3 +249,58 @@ func TestDiskFull(t *testing.T) {
 	l2 := openLog(t, dir, nil)
 	checkRecords(t, l2, want)
 }
+
+// TestFailedSyncFailsTheCommitWrittenBehindIt: commit k+1 is written while
+// commit k is fsynced; when k's fsync fails, k+1 must fail too and be cut.
+func TestFailedSyncFailsTheCommitWrittenBehindIt(t *testing.T) {
+	dir := t.TempDir()
+	var (
+		writes  atomic.Int64
+		syncs   atomic.Int64
+		entered = make(chan struct{})
+		release = make(chan struct{})
+	)
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	l := openLog(t, dir, &Options{InjectFault: func(f Fault) error {
+		switch f {
+		case FaultWrite:
+			writes.Add(1)
+		case FaultSync:
+			if syncs.Add(1) == 2 { // the first sync after the setup append
+				close(entered)
+				<-release
+				return syscall.EIO
+			}
+		}
+		return nil
+	}})
+	t.Cleanup(releaseOnce)
+	mustAppend(t, l, []byte("durable"))
+
+	results := make(chan error, 2)
+	go func() {
+		_, _, err := l.Append(context.Background(), [][]byte{[]byte("k")})
+		results <- err
+	}()
+	<-entered
+	go func() {
+		_, _, err := l.Append(context.Background(), [][]byte{[]byte("k+1"), make([]byte, 1000)})
+		results <- err
+	}()
+	waitFor(t, func() bool { return writes.Load() == 3 }) // k+1 is in the file
+	releaseOnce()
+	for range 2 {
+		if err := <-results; !errors.Is(err, syscall.EIO) || !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Append: %v, want EIO", err)
+		}
+	}
+	if l.LastOffset() != 1 {
+		t.Fatalf("LastOffset %d, want 1", l.LastOffset())
+	}
+	checkDurableFiles(t, l)
+	if first, _ := mustAppend(t, l, []byte("next")); first != 2 {
+		t.Fatalf("next append got %d, want 2", first)
+	}
+	l.Close()
+	checkRecords(t, openLog(t, dir, nil), map[uint64][]byte{1: []byte("durable"), 2: []byte("next")})
+}
