@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -162,8 +163,28 @@ func TestPublishContentLengthOverLimit(t *testing.T) {
 	req.ContentLength = 101 // announced larger than the limit: refused before reading
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
-	if rec.Code != http.StatusRequestEntityTooLarge {
-		t.Fatalf("status %d, want 413", rec.Code)
+	if rec.Code != http.StatusRequestEntityTooLarge || rec.Header().Get("Connection") != "close" {
+		t.Fatalf("status %d, Connection %q, want 413 and close", rec.Code, rec.Header().Get("Connection"))
+	}
+
+	// Unknown length (chunked): the limit holds while reading, at 100 bytes
+	// exactly.
+	valid := mustJSON(t, ev("t", "1"))
+	for _, tc := range []struct {
+		body   string
+		status int
+	}{
+		{strings.Repeat(" ", 100-len(valid)) + valid, http.StatusOK},
+		{strings.Repeat(" ", 101-len(valid)) + valid, http.StatusRequestEntityTooLarge},
+		{strings.Repeat(" ", 5000) + valid, http.StatusRequestEntityTooLarge},
+	} {
+		req := httptest.NewRequest(http.MethodPost, "/publish", io.MultiReader(strings.NewReader(tc.body)))
+		req.ContentLength = -1
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != tc.status {
+			t.Errorf("chunked body of %d bytes: status %d, want %d: %s", len(tc.body), rec.Code, tc.status, rec.Body.String())
+		}
 	}
 }
 

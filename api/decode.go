@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,7 +23,7 @@ var emptyPayload = json.RawMessage("{}")
 // batch is the reusable state of one publish request: the body, the decoded
 // events (whose Payload slices point into body or compacted), the problems.
 type batch struct {
-	body      bytes.Buffer
+	body      []byte
 	compacted bytes.Buffer
 	events    []event.Event
 	details   []Detail
@@ -48,14 +49,14 @@ func (p *pools) get() *batch {
 }
 
 func (p *pools) put(b *batch) {
-	if b.body.Cap() > poolMaxBody || b.compacted.Cap() > poolMaxBody || cap(b.events) > poolMaxEvents {
+	if cap(b.body) > poolMaxBody || b.compacted.Cap() > poolMaxBody || cap(b.events) > poolMaxEvents {
 		return
 	}
 	clear(b.events)
 	b.events = b.events[:0]
 	b.details = b.details[:0]
 	b.problems = 0
-	b.body.Reset()
+	b.body = b.body[:0]
 	b.compacted.Reset()
 	b.lastTopic, b.lastSrc = "", ""
 	p.batches.Put(b)
@@ -64,22 +65,40 @@ func (p *pools) put(b *batch) {
 // readBody reads the request body into b.body, enforcing the size limit.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, b *batch) error {
 	limit := h.opts.MaxBodyBytes
+	tooLarge := func() error {
+		// The rest of the body is not read: close the connection after
+		// the reply rather than drain it.
+		w.Header().Set("Connection", "close")
+		return &requestError{status: http.StatusRequestEntityTooLarge,
+			msg: fmt.Sprintf("body is larger than %d bytes", limit)}
+	}
 	if r.ContentLength > limit {
-		return &requestError{status: http.StatusRequestEntityTooLarge,
-			msg: fmt.Sprintf("body is larger than %d bytes", limit)}
+		return tooLarge()
 	}
-	if r.ContentLength > 0 {
-		b.body.Grow(int(r.ContentLength) + 1)
+	want := 512
+	if r.ContentLength >= 0 {
+		want = int(r.ContentLength) + 1 // one more byte, to see EOF without growing
 	}
-	_, err := b.body.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
-	var tooLarge *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooLarge):
-		return &requestError{status: http.StatusRequestEntityTooLarge,
-			msg: fmt.Sprintf("body is larger than %d bytes", limit)}
-	case err != nil && !errors.Is(err, io.EOF):
-		return badRequest("read body: " + err.Error())
+	buf := slices.Grow(b.body[:0], want)
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(len(buf), int(limit)+1-len(buf)))
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			b.body = buf[:0]
+			return tooLarge()
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			b.body = buf[:0]
+			return badRequest("read body: " + err.Error())
+		}
 	}
+	b.body = buf
 	return nil
 }
 
@@ -96,7 +115,7 @@ func isNDJSON(contentType string) bool {
 // decode parses and validates b.body into b.events. On any invalid event it
 // returns a 422 requestError with the details and b.events must be ignored.
 func (h *Handler) decode(b *batch, ndjson bool) error {
-	body := b.body.Bytes()
+	body := b.body
 	if len(trimSpace(body)) == 0 {
 		return badRequest("empty body")
 	}

@@ -121,10 +121,18 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	writeBody(w, status, append(b, '\n'))
 }
 
+// jsonContentType is the Content-Type header value of every reply; it is
+// never modified.
+var jsonContentType = []string{"application/json"}
+
 func writeBody(w http.ResponseWriter, status int, b []byte) {
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(b)))
+	h["Content-Type"] = jsonContentType
+	if len(b) > 2048 {
+		// Smaller bodies get their Content-Length from net/http, which
+		// buffers them whole.
+		h.Set("Content-Length", strconv.Itoa(len(b)))
+	}
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
 }

@@ -22,6 +22,7 @@ type Metrics struct {
 	unique     prometheus.Counter
 	duplicates prometheus.Counter
 	publish    *prometheus.HistogramVec
+	byCode     map[int]prometheus.Observer // curried publish histograms of the usual codes (read-only)
 	fsync      prometheus.Histogram
 	perCommit  prometheus.Histogram
 	written    prometheus.Counter
@@ -78,6 +79,10 @@ func NewMetrics() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
 		}),
 	}
+	m.byCode = map[int]prometheus.Observer{}
+	for _, code := range []int{200, 400, 404, 405, 413, 422, 429, 500, 503} {
+		m.byCode[code] = m.publish.WithLabelValues(strconv.Itoa(code))
+	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -108,7 +113,11 @@ func (m *Metrics) OnApply(entries, unique, duplicates int, took time.Duration) {
 }
 
 func (m *Metrics) observePublish(status, events int, took time.Duration) {
-	m.publish.WithLabelValues(strconv.Itoa(status)).Observe(took.Seconds())
+	o, ok := m.byCode[status]
+	if !ok {
+		o = m.publish.WithLabelValues(strconv.Itoa(status))
+	}
+	o.Observe(took.Seconds())
 	if status == http.StatusOK {
 		m.received.Add(float64(events))
 	}
