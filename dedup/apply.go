@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/aggregator-dev/aggregator/event"
@@ -232,10 +233,22 @@ func (c *chunk) write(tx *bolt.Tx) error {
 		buf = e.Event.AppendBinary(buf)
 		idxKeys[i], vals[i] = buf[start:mid:mid], buf[mid:len(buf):len(buf)]
 	}
-	byTopic := slices.Clone(c.fresh)
-	slices.SortFunc(byTopic, func(a, b int) int {
-		return cmp.Or(cmp.Compare(c.work[a].Event.Topic, c.work[b].Event.Topic), bytes.Compare(idxKeys[a], idxKeys[b]))
-	})
+	// Group by topic (offset order), then sort each group by index key;
+	// timestamps mostly grow with offsets, so the sort is usually skipped.
+	groups := map[string][]int{}
+	for _, i := range slices.Sorted(slices.Values(c.fresh)) {
+		t := c.work[i].Event.Topic
+		groups[t] = append(groups[t], i)
+	}
+	byKey := func(a, b int) int { return bytes.Compare(idxKeys[a], idxKeys[b]) }
+	byTopic := make([]int, 0, len(c.fresh))
+	for _, t := range slices.Sorted(maps.Keys(groups)) {
+		g := groups[t]
+		if !slices.IsSortedFunc(g, byKey) {
+			slices.SortFunc(g, byKey)
+		}
+		byTopic = append(byTopic, g...)
+	}
 	idx, topics := tx.Bucket(bucketIdx), tx.Bucket(bucketTopics)
 	for start := 0; start < len(byTopic); {
 		topic := c.work[byTopic[start]].Event.Topic

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,7 +17,10 @@ import (
 	"github.com/bits-and-blooms/bloom/v3"
 )
 
-var bench10M = flag.Bool("dedup.bench10m", false, "also run the 10M-key benchmarks (slow: builds a 10M-key fixture)")
+var (
+	bench10M   = flag.Bool("dedup.bench10m", false, "also run the 10M-key benchmarks (slow: builds a 10M-key fixture)")
+	benchChunk = flag.Int("dedup.chunk", DefaultChunkEntries, "entries per Apply in BenchmarkApply")
+)
 
 // Benchmark fixtures: databases with n keys stored, built once per test
 // process (only when a benchmark asks for them) and removed by TestMain.
@@ -71,7 +75,7 @@ func fixture(b *testing.B, n int) string {
 	}
 	path := filepath.Join(fixtures.dir, fmt.Sprintf("keys-%d.db", n))
 	start := time.Now()
-	s, err := Open(path, &Options{ExpectedKeys: uint(n), noSync: true, fanout: benchFanout()})
+	s, err := Open(path, &Options{ExpectedKeys: uint(n), noSync: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -137,7 +141,7 @@ func BenchmarkApply(b *testing.B) {
 		for _, dup := range []int{0, 20, 90} {
 			b.Run(fmt.Sprintf("keys=%s/dup=%d%%", human(keys), dup), func(b *testing.B) {
 				path := copyFixture(b, keys)
-				s, err := Open(path, &Options{ExpectedKeys: uint(keys), noSync: os.Getenv("DEDUP_BENCH_NOSYNC") != "", fanout: benchFanout()})
+				s, err := Open(path, &Options{ExpectedKeys: uint(keys)})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -145,9 +149,10 @@ func BenchmarkApply(b *testing.B) {
 				rng := rand.New(rand.NewPCG(uint64(keys), uint64(dup)))
 				next := uint64(keys) // next new key
 				off := s.Checkpoint() + 1
-				chunk := benchChunk()
+				chunk := *benchChunk
 				es := make([]Entry, 0, chunk)
 				var unique, dups int
+				var cpu time.Duration
 				b.ResetTimer()
 				for done := 0; done < b.N; {
 					b.StopTimer()
@@ -164,7 +169,9 @@ func BenchmarkApply(b *testing.B) {
 						off++
 					}
 					b.StartTimer()
+					cpu0 := cpuTime()
 					res, err := s.Apply(es)
+					cpu += cpuTime() - cpu0
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -177,6 +184,7 @@ func BenchmarkApply(b *testing.B) {
 					b.Fatalf("%d unique + %d duplicates != %d", unique, dups, b.N)
 				}
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+				b.ReportMetric(float64(b.N)/cpu.Seconds(), "events/cpu-s")
 				b.ReportMetric(0, "ns/op")
 			})
 		}
@@ -286,17 +294,11 @@ func human(n int) string {
 	return fmt.Sprint(n)
 }
 
-func benchChunk() int {
-	if v := os.Getenv("DEDUP_BENCH_CHUNK"); v != "" {
-		var n int
-		fmt.Sscan(v, &n)
-		return n
+// cpuTime is the CPU time (user + system) the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
 	}
-	return DefaultChunkEntries
-}
-
-func benchFanout() int {
-	var n int
-	fmt.Sscan(os.Getenv("DEDUP_BENCH_FANOUT"), &n)
-	return n
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -40,12 +40,12 @@ func runInterleaving(t *testing.T, seed uint64) {
 	)
 	opts := &Options{ExpectedKeys: uint(8 + rng.IntN(64)), rebuildBatch: 1 + rng.IntN(20),
 		fanout: 2 + rng.IntN(3), blockTarget: 16 + rng.IntN(200), FailCommit: func() error {
-		if failCommits.Load() {
-			failed.Add(1)
-			return errors.New("injected commit failure")
-		}
-		return nil
-	}}
+			if failCommits.Load() {
+				failed.Add(1)
+				return errors.New("injected commit failure")
+			}
+			return nil
+		}}
 	copts := &ConsumerOptions{ChunkEntries: 1 + rng.IntN(16), ChunkDelay: -1, RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond,
 		afterApply: func(uint64) error {
 			if stopAfter.CompareAndSwap(true, false) {

@@ -126,7 +126,7 @@ func TestSaturatedFiltersStillStoreNewKeys(t *testing.T) {
 	mustApply(t, s, entries(4, ev("t", "x", baseTime), ev("t", "y", baseTime)))
 	s.bloom.mu.Lock()
 	s.bloom.f.BitSet().ClearAll().FlipRange(0, s.bloom.f.Cap()) // all ones: every Test is positive
-	s.bloom.capacity = 1 << 30                       // and no growth replaces it
+	s.bloom.capacity = 1 << 30                                  // and no growth replaces it
 	s.bloom.mu.Unlock()
 	for _, r := range s.runs {
 		r.f.BitSet().ClearAll().FlipRange(0, r.f.Cap())
