@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -249,4 +252,42 @@ func TestBackendMapsLogErrors(t *testing.T) {
 	if other := errors.New("other"); walError(other) != other {
 		t.Error("walError changed an unrelated error")
 	}
+}
+
+func TestRunFailsCleanly(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	notADir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reused := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		cfg  func(*Config)
+		want string
+	}{
+		{"address in use", func(c *Config) { c.Addr, c.DataDir = busy.Addr().String(), reused }, "listen"},
+		{"data dir is a file", func(c *Config) { c.DataDir = notADir }, "data dir"},
+	} {
+		cfg := defaultConfig()
+		cfg.Addr = "127.0.0.1:0"
+		cfg.DataDir = t.TempDir()
+		tc.cfg(&cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		srv := NewServer(cfg, nil)
+		err := srv.Run(ctx)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error about %q", tc.name, err, tc.want)
+		}
+		if srv.Addr() != nil {
+			t.Errorf("%s: Addr %v after a failed start", tc.name, srv.Addr())
+		}
+	}
+	// The log of the failed start was closed: its directory can be used.
+	startServer(t, reused, nil)
 }
