@@ -36,6 +36,7 @@ type Config struct {
 	MaxBatchEvents  int
 	MaxPayloadBytes int
 	MaxPayloadDepth int
+	MaxStatsTopics  int
 	// MaxLag refuses publishing with 429 while the consumer is more than
 	// this many events behind the log; 0 means no bound.
 	MaxLag uint64
@@ -60,6 +61,7 @@ func defaultConfig() Config {
 		MaxBatchEvents:    api.DefaultMaxBatchEvents,
 		MaxPayloadBytes:   api.DefaultMaxPayloadBytes,
 		MaxPayloadDepth:   api.DefaultMaxPayloadDepth,
+		MaxStatsTopics:    api.DefaultMaxStatsTopics,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -96,6 +98,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	e.int(&c.MaxBatchEvents, "max-batch-events", "AGG_MAX_BATCH_EVENTS", "events per request (413 above)")
 	e.int(&c.MaxPayloadBytes, "max-payload-bytes", "AGG_MAX_PAYLOAD_BYTES", "bytes of one event's payload (422 above)")
 	e.int(&c.MaxPayloadDepth, "max-payload-depth", "AGG_MAX_PAYLOAD_DEPTH", "nesting depth of one event's payload (422 above)")
+	e.int(&c.MaxStatsTopics, "max-stats-topics", "AGG_MAX_STATS_TOPICS", "topics listed by GET /stats (the rest is flagged topics_truncated)")
 	e.uint64(&c.MaxLag, "max-lag", "AGG_MAX_LAG", "answer 429 to publishers while the consumer is more events behind (0: no bound)")
 
 	e.duration(&c.ReadHeaderTimeout, "read-header-timeout", "AGG_READ_HEADER_TIMEOUT", "time to read request headers")
@@ -144,6 +147,7 @@ func (c *Config) validate() error {
 		"segment size": int64(c.SegmentSize), "chunk entries": int64(c.ChunkEntries),
 		"max body bytes": c.MaxBodyBytes, "max batch events": int64(c.MaxBatchEvents),
 		"max payload bytes": int64(c.MaxPayloadBytes), "max payload depth": int64(c.MaxPayloadDepth),
+		"max stats topics": int64(c.MaxStatsTopics),
 	} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s %d: must not be negative", name, v))

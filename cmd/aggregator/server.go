@@ -94,6 +94,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		MaxBatchEvents:  cfg.MaxBatchEvents,
 		MaxPayloadBytes: cfg.MaxPayloadBytes,
 		MaxPayloadDepth: cfg.MaxPayloadDepth,
+		MaxStatsTopics:  cfg.MaxStatsTopics,
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
