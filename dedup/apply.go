@@ -130,6 +130,7 @@ func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
 	}
 
 	s.runs, s.nextRun = runs, nextRun
+	s.setRunBits()
 	newKeys := make([][]byte, len(c.fresh))
 	newLocs := make([][]uint64, len(c.fresh))
 	for i, j := range c.fresh {

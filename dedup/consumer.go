@@ -23,7 +23,7 @@ type Source interface {
 
 // Consumer defaults.
 const (
-	DefaultChunkEntries = 8192
+	DefaultChunkEntries = 16384
 	DefaultChunkDelay   = 2 * time.Millisecond
 	DefaultRetryMin     = 10 * time.Millisecond
 	DefaultRetryMax     = 2 * time.Second

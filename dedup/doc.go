@@ -6,7 +6,8 @@
 // One bbolt database (index.db in the data directory) holds everything the
 // consumer produces:
 //
-//   - seen: the authoritative set of (topic, event_id) keys;
+//   - seen and runs: the authoritative set of (topic, event_id) keys, kept
+//     as a few sorted runs of key blocks (see below), and the size of each run;
 //   - idx: one nested bucket per topic whose keys are (timestamp, offset) and
 //     whose values are the encoded events, so the stored events and their
 //     per-topic order are the same B+tree (a clustered index);
@@ -35,14 +36,28 @@
 // The consumer truncates the log front only behind a committed checkpoint,
 // so no record that the index still needs is ever freed.
 //
+// # The seen set
+//
+// Keys are random, so inserting them one by one into one big B+tree would
+// dirty most of its leaf pages at every commit (measured: under 50,000
+// events/s at 1M keys). The seen set is therefore a small log-structured
+// merge tree inside bbolt: each chunk writes its new keys, sorted, as a new
+// run (a nested bucket of blocks of about 16 KiB of keys, one Put per
+// block), and runs of one size tier are merged, sequentially, once 16 of
+// them exist, in the same transaction as the chunk that completes them. Each
+// run has an in-memory bloom filter of exactly its keys, so confirming a
+// positive reads about one run whatever their number.
+//
 // # Bloom filter front
 //
 // A bloom filter in memory answers "certainly new" for most new keys, which
-// saves a B+tree lookup; a positive answer is confirmed in the seen bucket.
-// The filter is never trusted for a positive, and it holds every stored key
-// before Apply runs (it is rebuilt from the seen bucket at Open, and every
-// committed key is added after its commit), so it can neither store a
-// duplicate nor drop a new event. When the stored keys outgrow the size the
+// saves the lookups; a positive answer is confirmed in the seen set. The
+// filters are never trusted for a positive, and they hold every stored key
+// before Apply runs (they are rebuilt from the seen set at Open, and every
+// committed key is added after its commit), so they can neither store a
+// duplicate nor drop a new event. The front filter is sized for
+// Options.ExpectedKeys (or twice the stored keys, if more) at
+// Options.FalsePositiveRate. When the stored keys outgrow the size the
 // filter was built for, a larger one is rebuilt in the background from short
 // read transactions while Apply keeps adding to the old one; keys committed
 // during the rebuild are replayed into the new filter before it is swapped in.

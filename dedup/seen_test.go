@@ -88,7 +88,8 @@ func TestSeenSetRunsBlocksAndMerges(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st := mustStats(t, s); st.Keys != uint64(len(model)) || st.Unique != uint64(len(model)) {
+		if st := mustStats(t, s); st.Keys != uint64(len(model)) || st.Unique != uint64(len(model)) ||
+			st.SeenRuns != len(s.runs) || st.RunFilterBits < uint64(len(model)) {
 			t.Fatalf("stats %+v, %d keys", st, len(model))
 		}
 	}

@@ -99,6 +99,7 @@ type Stats struct {
 	Topics          map[string]uint64
 	Keys            uint64  // keys in the seen set (= Unique)
 	SeenRuns        int     // sorted runs the seen set is split into
+	RunFilterBits   uint64  // bits of the per-run bloom filters, together
 	BloomBits       uint64  // size of the bloom filter in bits
 	BloomK          uint64  // hash functions of the bloom filter
 	BloomFPEstimate float64 // analytic false-positive rate at the current number of keys
@@ -119,7 +120,8 @@ type Store struct {
 	runs       []runInfo     // runs of the seen set, oldest first; guarded by applyMu
 	nextRun    uint64        // id of the next run; guarded by applyMu
 	bloom      *guardedFilter
-	growing    atomic.Bool // a bloom rebuild is running
+	growing    atomic.Bool   // a bloom rebuild is running
+	runBits    atomic.Uint64 // bits of the run filters (for Stats)
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -189,6 +191,7 @@ func Open(path string, opts *Options) (*Store, error) {
 		return nil, fmt.Errorf("build bloom filter: %d seen keys but %d unique events counted", scanned, s.keys.Load())
 	}
 	s.bloom = newGuardedFilter(f, capacity)
+	s.setRunBits()
 	return s, nil
 }
 
@@ -258,6 +261,7 @@ func (s *Store) Stats() (Stats, error) {
 		return Stats{}, fmt.Errorf("read stats: %w", err)
 	}
 	st.BloomBits, st.BloomK, st.BloomFPEstimate = s.bloom.figures(st.Keys)
+	st.RunFilterBits = s.runBits.Load()
 	return st, nil
 }
 
@@ -275,4 +279,14 @@ func (s *Store) Close() error {
 		}
 	})
 	return s.closeErr
+}
+
+// setRunBits publishes the size of the run filters; the caller holds
+// applyMu or has the Store to itself.
+func (s *Store) setRunBits() {
+	var bits uint64
+	for _, r := range s.runs {
+		bits += uint64(r.f.Cap())
+	}
+	s.runBits.Store(bits)
 }
