@@ -104,14 +104,14 @@ func (s *Store) List(q event.ListQuery) (event.Page, error) {
 	}
 	var page event.Page
 	err := s.db.View(func(tx *bolt.Tx) error {
-		it := pageIter{idx: tx.Bucket(bucketIdx), limit: limit}
-		if q.Topic != "" {
-			it.topicOnly = true
-		}
+		it := pageIter{idx: tx.Bucket(bucketIdx), limit: limit, topicOnly: q.Topic != ""}
 		if err := it.run(q.Topic, after); err != nil {
 			return err
 		}
 		page = it.page
+		if s.onListSteps != nil {
+			s.onListSteps(it.steps)
+		}
 		return nil
 	})
 	if err != nil {
@@ -133,6 +133,7 @@ type pageIter struct {
 	limit     int
 	topicOnly bool
 	page      event.Page
+	steps     int // cursor moves, for the O(limit) test
 }
 
 // run walks from the position after `after` (or the start) of topic (or of
@@ -162,6 +163,7 @@ func (it *pageIter) run(topic string, after *cursor) error {
 		}
 	}
 	for ; tk != nil; tk, _ = tc.Next() {
+		it.steps++
 		b := it.idx.Bucket(tk)
 		if b == nil {
 			continue
@@ -187,6 +189,7 @@ func (it *pageIter) walkTopic(topic string, b *bolt.Bucket, key []byte) (full bo
 		k, v = c.Next()
 	}
 	for ; k != nil; k, v = c.Next() {
+		it.steps++
 		if len(it.page.Events) == it.limit {
 			last := it.page.Events[len(it.page.Events)-1]
 			kind := byte(kindAll)

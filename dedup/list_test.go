@@ -181,3 +181,27 @@ func FuzzDecodeCursor(f *testing.F) {
 		}
 	})
 }
+
+// A page reads limit+1 entries (plus one per topic it crosses), wherever
+// the cursor is.
+func TestListCostIsOLimit(t *testing.T) {
+	s, _ := mustOpen(t, nil)
+	fillRandom(t, s, 5000, []string{"a", "b", "c"}, 9)
+	var steps int
+	s.onListSteps = func(n int) { steps = n }
+	for _, topic := range []string{"a", ""} {
+		cur := ""
+		for page := 0; ; page++ {
+			p, err := s.List(event.ListQuery{Topic: topic, Cursor: cur, Limit: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if steps > 10+1+3 {
+				t.Fatalf("topic %q page %d: %d cursor steps for 10 events", topic, page, steps)
+			}
+			if cur = p.NextCursor; cur == "" {
+				break
+			}
+		}
+	}
+}

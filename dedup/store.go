@@ -123,6 +123,8 @@ type Store struct {
 	growing    atomic.Bool   // a bloom rebuild is running
 	runBits    atomic.Uint64 // bits of the run filters (for Stats)
 
+	onListSteps func(steps int) // test seam: cursor moves of each List
+
 	closeOnce sync.Once
 	closed    atomic.Bool
 	stop      chan struct{} // closed by Close; stops a running rebuild
