@@ -82,6 +82,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		if cerr := wlog.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("close log: %w", cerr)
 		}
+		if err == nil {
+			s.log.Info("stopped cleanly")
+		}
 	}()
 	ws := wlog.Stats()
 	s.log.Info("log open", "dir", walDir, "first_offset", ws.FirstOffset, "last_offset", ws.LastOffset, "segments", ws.Segments)
@@ -185,18 +188,11 @@ wait:
 		}
 	}
 	if idx.store != nil {
-		// The log closes after the index (deferred above); the consumer,
-		// its only reader, is stopped already.
-		defer func() {
-			if cerr := idx.store.Close(); cerr != nil && err == nil {
-				err = fmt.Errorf("close index: %w", cerr)
-			}
-		}()
+		if err := idx.store.Close(); err != nil && runErr == nil {
+			runErr = fmt.Errorf("close index: %w", err)
+		}
 	}
-	if runErr == nil {
-		s.log.Info("stopped cleanly")
-	}
-	return runErr
+	return runErr // the log closes last, deferred above
 }
 
 // openIndex opens <data-dir>/index.db.
