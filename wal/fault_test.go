@@ -284,7 +284,8 @@ func TestFailedSyncFailsTheCommitWrittenBehindIt(t *testing.T) {
 	}()
 	<-entered
 	go func() {
-		_, _, err := l.Append(context.Background(), [][]byte{[]byte("k+1"), make([]byte, 1000)})
+		// Large enough (pipelineMinBytes) to be written during k's fsync.
+		_, _, err := l.Append(context.Background(), [][]byte{[]byte("k+1"), make([]byte, pipelineMinBytes)})
 		results <- err
 	}()
 	waitFor(t, func() bool { return writes.Load() == 3 }) // k+1 is in the file

@@ -183,6 +183,7 @@ type Log struct {
 	// The queue of appends.
 	qmu         sync.Mutex
 	pending     []*request
+	queued      int          // bytes of the records in pending
 	outstanding atomic.Int64 // appends queued or in the writer, not yet answered
 	spare       []*request
 	closing     bool
@@ -390,6 +391,7 @@ func (l *Log) Append(ctx context.Context, records [][]byte) (first, last uint64,
 		return 0, 0, ErrClosed
 	}
 	l.pending = append(l.pending, r)
+	l.queued += r.bytes
 	l.outstanding.Add(1)
 	l.qmu.Unlock()
 	select {
@@ -404,6 +406,7 @@ func (l *Log) Append(ctx context.Context, records [][]byte) (first, last uint64,
 	l.qmu.Lock()
 	if !r.taken {
 		r.cancelled = true
+		l.queued -= r.bytes
 		l.outstanding.Add(-1)
 		l.qmu.Unlock()
 		return 0, 0, ctx.Err()
