@@ -89,6 +89,16 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	ws := wlog.Stats()
 	s.log.Info("log open", "dir", walDir, "first_offset", ws.FirstOffset, "last_offset", ws.LastOffset, "segments", ws.Segments)
 
+	// After a --wal-repair the log may have lost records the index has
+	// applied: open the index before serving, so that its check runs before
+	// any new event gets an offset (see openIndex).
+	var early *dedup.Store
+	if cfg.WALRepair {
+		if early, err = s.openIndex(wlog); err != nil {
+			return err
+		}
+	}
+
 	be := newBackend(wlog, cfg.MaxLag)
 	handler := api.New(be, &api.Options{
 		Logger:          s.log.With("component", "api"),
@@ -101,6 +111,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		if early != nil {
+			_ = early.Close()
+		}
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := &http.Server{
@@ -127,8 +140,10 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	indexc := make(chan opened, 1)
 	go func() {
-		var o opened
-		o.store, o.err = s.openIndex(wlog)
+		o := opened{store: early}
+		if o.store == nil {
+			o.store, o.err = s.openIndex(wlog)
+		}
 		if o.err == nil {
 			o.consumer = dedup.NewConsumer(o.store, wlog, &dedup.ConsumerOptions{
 				ChunkEntries: cfg.ChunkEntries,
@@ -216,8 +231,9 @@ func (s *Server) openIndex(wlog *wal.Log) (*dedup.Store, error) {
 		// --wal-repair cut it, or a log from elsewhere): new appends would
 		// get offsets the consumer skips as applied, and be lost.
 		_ = st.Close()
-		return nil, fmt.Errorf("index checkpoint %d is ahead of the log's last offset %d: "+
-			"the log lost acknowledged records; move %s aside to rebuild the index from the log", cp, last, path)
+		return nil, fmt.Errorf("index checkpoint %d is ahead of the log's last offset %d: the log lost "+
+			"acknowledged records (a --wal-repair cut?); refusing to start, since new events would get "+
+			"offsets the consumer skips as applied", cp, last)
 	}
 	s.log.Info("index open", "path", path, "took", time.Since(start).Round(time.Millisecond))
 	return st, nil

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggregator-dev/aggregator/dedup"
 	"github.com/aggregator-dev/aggregator/wal"
 	"go.uber.org/goleak"
 )
@@ -290,4 +291,37 @@ func TestRunFailsCleanly(t *testing.T) {
 	}
 	// The log of the failed start was closed: its directory can be used.
 	startServer(t, reused, nil)
+}
+
+func TestRefusesIndexAheadOfLog(t *testing.T) {
+	for _, repair := range []bool{false, true} {
+		dir := t.TempDir()
+		s := openTestStore(t, dir)
+		entries := make([]dedup.Entry, 3)
+		for i, e := range testEvents(3) {
+			entries[i] = dedup.Entry{Offset: uint64(i + 1), Event: e}
+		}
+		if _, err := s.Apply(entries); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// The log is empty (as if a repair cut it): offsets 1..3 would be
+		// given again and skipped by the consumer.
+		cfg := defaultConfig()
+		cfg.Addr = "127.0.0.1:0"
+		cfg.DataDir = dir
+		cfg.WALRepair = repair
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		srv := NewServer(cfg, nil)
+		err := srv.Run(ctx)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "ahead of the log") {
+			t.Fatalf("repair=%v: %v, want a refusal", repair, err)
+		}
+		if repair && srv.Addr() != nil {
+			t.Fatalf("with --wal-repair the check must run before serving")
+		}
+	}
 }
