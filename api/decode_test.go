@@ -155,31 +155,41 @@ func (*nopBackend) Stats(context.Context) (Stats, error) { return Stats{}, nil }
 func (*nopBackend) Ready(context.Context) error          { return nil }
 
 // BenchmarkPublish measures the API's own cost per request (read, decode,
-// validate, reply) with a backend that does nothing.
+// validate, reply) with a backend that does nothing, for batch sizes and
+// body formats.
 func BenchmarkPublish(b *testing.B) {
-	for _, n := range []int{1, 100, 1000} {
-		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
-			var parts []string
-			for i := range n {
-				parts = append(parts, fmt.Sprintf(`{"topic":"orders","event_id":"evt-%08d","timestamp":"2025-10-20T12:00:00.123Z",`+
-					`"source":"checkout","payload":{"order":%d,"amount":12.5,"items":["a","b"],"user":{"id":"u-1","tier":"gold"}}}`, i, i))
+	for _, format := range []string{"array", "ndjson"} {
+		for _, n := range []int{1, 100, 1000} {
+			if format == "ndjson" && n == 1 {
+				continue
 			}
-			body := []byte("[" + strings.Join(parts, ",") + "]")
-			h := New(&nopBackend{}, nil)
-			b.SetBytes(int64(len(body)))
-			b.ReportAllocs()
-			req := httptest.NewRequest(http.MethodPost, "/publish", nil)
-			for b.Loop() {
-				req.Body = nopCloser{bytes.NewReader(body)}
-				req.ContentLength = int64(len(body))
-				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, req)
-				if rec.Code != 200 {
-					b.Fatalf("status %d: %s", rec.Code, rec.Body.String())
+			b.Run(fmt.Sprintf("format=%s/events=%d", format, n), func(b *testing.B) {
+				var parts []string
+				for i := range n {
+					parts = append(parts, fmt.Sprintf(`{"topic":"orders","event_id":"evt-%08d","timestamp":"2025-10-20T12:00:00.123Z",`+
+						`"source":"checkout","payload":{"order":%d,"amount":12.5,"items":["a","b"],"user":{"id":"u-1","tier":"gold"}}}`, i, i))
 				}
-			}
-			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
-		})
+				body, ct := []byte("["+strings.Join(parts, ",")+"]"), "application/json"
+				if format == "ndjson" {
+					body, ct = []byte(strings.Join(parts, "\n")+"\n"), ndjson
+				}
+				h := New(&nopBackend{}, nil)
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				req := httptest.NewRequest(http.MethodPost, "/publish", nil)
+				req.Header.Set("Content-Type", ct)
+				for b.Loop() {
+					req.Body = nopCloser{bytes.NewReader(body)}
+					req.ContentLength = int64(len(body))
+					rec := httptest.NewRecorder()
+					h.ServeHTTP(rec, req)
+					if rec.Code != 200 {
+						b.Fatalf("status %d: %s", rec.Code, rec.Body.String())
+					}
+				}
+				b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+			})
+		}
 	}
 }
 
