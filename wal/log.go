@@ -115,7 +115,16 @@ type Options struct {
 	// InjectFault, when set, is called at each Fault step; a non-nil result
 	// makes that step fail with it. For tests only.
 	InjectFault func(Fault) error
+
+	// refreshAfter overrides defaultRefreshAfter in tests.
+	refreshAfter int64
 }
+
+// defaultRefreshAfter is after how many segments removed by TruncateFront
+// the writer reopens tidwall/wal: TruncateFront removes files behind
+// tidwall/wal's back, which keeps a small record of every segment it ever
+// created until it is reopened.
+const defaultRefreshAfter = 1024
 
 func (o *Options) withDefaults() Options {
 	var r Options
@@ -142,6 +151,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if r.RetryInterval <= 0 {
 		r.RetryInterval = DefaultRetryInterval
+	}
+	if r.refreshAfter <= 0 {
+		r.refreshAfter = defaultRefreshAfter
 	}
 	return r
 }
@@ -205,6 +217,7 @@ type Log struct {
 	cache   tailCache
 	reader  diskReader
 	truncMu sync.Mutex
+	removed atomic.Int64 // segments removed since tidwall/wal was last opened
 
 	closeOnce sync.Once
 	closeErr  error

@@ -29,6 +29,9 @@ func TestAppendReadReopen(t *testing.T) {
 			want[first+uint64(i)] = r
 		}
 	}
+	if first, last, err := l.Append(context.Background(), nil); first != 0 || last != 0 || err != nil {
+		t.Fatalf("empty Append: %d %d %v", first, last, err)
+	}
 	if l.LastOffset() != 55 {
 		t.Fatalf("LastOffset %d, want 55", l.LastOffset())
 	}

@@ -108,6 +108,7 @@ func (l *Log) TruncateFront(offset uint64) error {
 			return fmt.Errorf("truncate front: remove segment: %w", err)
 		}
 		removed++
+		l.removed.Add(1)
 	}
 	if removed > 0 {
 		if err := syncDir(l.dir); err != nil {

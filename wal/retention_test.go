@@ -12,7 +12,7 @@ import (
 func TestRetentionKeepsSegmentsBounded(t *testing.T) {
 	const segSize = 2 << 10
 	dir := t.TempDir()
-	opts := &Options{SegmentSize: segSize}
+	opts := &Options{SegmentSize: segSize, refreshAfter: 3} // reopen tidwall/wal often
 	l := openLog(t, dir, opts)
 	body := make([]byte, 100)
 	maxSegs := 0

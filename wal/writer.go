@@ -158,6 +158,15 @@ func (l *Log) writeJob(batch []*request) *job {
 		l.answer(batch, *l.state.Load())
 		return nil
 	}
+	if l.inflight == nil && l.removed.Load() >= l.opts.refreshAfter {
+		if err := l.reopenTidwall(); err != nil {
+			err = unavailable(fmt.Errorf("reopen: %w", err))
+			l.log.Error("wal: reopening tidwall/wal failed", logKeyErr, err)
+			l.state.Store(&err)
+			l.answer(batch, err)
+			return nil
+		}
+	}
 
 	// Frame the records and predict where tidwall/wal starts new segments.
 	j := &job{batch: batch, first: l.written + 1}
@@ -216,6 +225,25 @@ func (l *Log) writeJob(batch []*request) *job {
 	}
 	j.file = l.tailFile
 	return j
+}
+
+// reopenTidwall closes and reopens tidwall/wal on the durable log, to drop
+// its record of the segments TruncateFront removed. Nothing may be in flight.
+func (l *Log) reopenTidwall() error {
+	l.removed.Store(0)
+	l.mu.RLock()
+	tail := l.segs[len(l.segs)-1]
+	l.mu.RUnlock()
+	if err := l.closeTail(); err != nil {
+		return err
+	}
+	if err := l.openTail(tail); err != nil {
+		return err
+	}
+	if got, err := l.tw.LastIndex(); err != nil || got != l.written {
+		return errors.Join(fmt.Errorf("tidwall/wal sees last index %d, expected %d: %w", got, l.written, err), l.closeTail())
+	}
+	return nil
 }
 
 // start hands the ready job to the syncer, or fails it if its write failed.
