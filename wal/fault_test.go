@@ -261,7 +261,7 @@ func TestFailedSyncFailsTheCommitWrittenBehindIt(t *testing.T) {
 		release = make(chan struct{})
 	)
 	releaseOnce := sync.OnceFunc(func() { close(release) })
-	l := openLog(t, dir, &Options{InjectFault: func(f Fault) error {
+	l := openLog(t, dir, &Options{noInlineSync: true, InjectFault: func(f Fault) error {
 		switch f {
 		case FaultWrite:
 			writes.Add(1)

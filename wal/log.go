@@ -116,8 +116,10 @@ type Options struct {
 	// makes that step fail with it. For tests only.
 	InjectFault func(Fault) error
 
-	// refreshAfter overrides defaultRefreshAfter in tests.
+	// Tests: refreshAfter overrides defaultRefreshAfter; noInlineSync
+	// makes the writer hand every commit to the syncer.
 	refreshAfter int64
+	noInlineSync bool
 }
 
 // defaultRefreshAfter is after how many segments removed by TruncateFront

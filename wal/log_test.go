@@ -51,7 +51,26 @@ func TestAppendReadReopen(t *testing.T) {
 }
 
 func TestGroupCommitConcurrentAppenders(t *testing.T) {
-	const appenders, calls = 64, 20
+	for _, tc := range []struct {
+		name         string
+		appenders    int
+		pad          int // bytes added to each record
+		noInlineSync bool
+	}{
+		{name: "small-records", appenders: 64},
+		{name: "small-records-syncer", appenders: 64, noInlineSync: true},
+		// Enough queued bytes that commits are written while the previous
+		// one is being fsynced.
+		{name: "large-records-pipelined", appenders: 16, pad: 20 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testGroupCommit(t, tc.appenders, tc.pad, tc.noInlineSync)
+		})
+	}
+}
+
+func testGroupCommit(t *testing.T, appenders, pad int, noInlineSync bool) {
+	const calls = 20
 	dir := t.TempDir()
 	var commits, committed atomic.Int64
 	opts := &Options{
@@ -60,6 +79,7 @@ func TestGroupCommitConcurrentAppenders(t *testing.T) {
 			commits.Add(1)
 			committed.Add(int64(records))
 		},
+		noInlineSync: noInlineSync,
 	}
 	l := openLog(t, dir, opts)
 	var (
@@ -75,7 +95,7 @@ func TestGroupCommitConcurrentAppenders(t *testing.T) {
 			for c := range calls {
 				recs := make([][]byte, 1+(a+c)%7)
 				for i := range recs {
-					recs[i] = record(a, c, i)
+					recs[i] = append(record(a, c, i), make([]byte, pad)...)
 				}
 				first, last, err := l.Append(context.Background(), recs)
 				if err != nil {
@@ -108,7 +128,7 @@ func TestGroupCommitConcurrentAppenders(t *testing.T) {
 	if committed.Load() != int64(len(want)) {
 		t.Fatalf("OnCommit saw %d records, want %d", committed.Load(), len(want))
 	}
-	if commits.Load() >= appenders*calls {
+	if commits.Load() >= int64(appenders*calls) {
 		t.Errorf("%d commits for %d calls: no group commit happened", commits.Load(), appenders*calls)
 	}
 	t.Logf("%d calls, %d records, %d group commits, %d segments", appenders*calls, len(want), commits.Load(), l.Stats().Segments)
