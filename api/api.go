@@ -82,6 +82,12 @@ const (
 	DefaultMaxPayloadDepth = 32
 	DefaultMaxStatsTopics  = 10_000
 	DefaultRetryAfter      = time.Second
+	// DefaultMaxInflightPublish bounds the publish requests that have read
+	// and validated their body and are handed to the Backend at once.
+	DefaultMaxInflightPublish = 256
+	// DefaultInflightWait is how long a publish request waits for a free
+	// slot before it is refused with 429.
+	DefaultInflightWait = 250 * time.Millisecond
 
 	// MaxFieldBytes bounds topic, event_id and source.
 	MaxFieldBytes = 255
@@ -103,6 +109,21 @@ type Options struct {
 	MaxPayloadDepth int           // nesting of one payload (422 above); default 32
 	MaxStatsTopics  int           // topics listed by GET /stats; default 10,000
 	RetryAfter      time.Duration // Retry-After of 429 and 503; default 1s
+
+	// MaxInflightPublish bounds the publish requests inside Backend.Publish
+	// at once (default DefaultMaxInflightPublish). A request takes a slot
+	// only after its body is read and validated, so a slow sender never
+	// holds one. Over the bound a request waits up to InflightWait (default
+	// DefaultInflightWait; negative: not at all) and is then refused with
+	// 429 and Retry-After, having written nothing.
+	MaxInflightPublish int
+	InflightWait       time.Duration
+
+	// Tokens protect the routes with bearer tokens (see Tokens); the zero
+	// value leaves every route open. MetricsOpen leaves GET /metrics open
+	// even when reading is protected.
+	Tokens      Tokens
+	MetricsOpen bool
 }
 
 func (o *Options) withDefaults() Options {
@@ -134,6 +155,12 @@ func (o *Options) withDefaults() Options {
 	if r.RetryAfter <= 0 {
 		r.RetryAfter = DefaultRetryAfter
 	}
+	if r.MaxInflightPublish <= 0 {
+		r.MaxInflightPublish = DefaultMaxInflightPublish
+	}
+	if r.InflightWait == 0 {
+		r.InflightWait = DefaultInflightWait
+	}
 	return r
 }
 
@@ -147,17 +174,22 @@ type Handler struct {
 	started  time.Time
 	pools    pools
 	refusals throttle // logging of 429 and 503 replies
+	denials  throttle // logging of 401 and 403 replies
+	auth     authorizer
+	inflight chan struct{} // a slot per publish request inside Backend.Publish
 }
 
 // New returns the HTTP handler of the API over b.
 func New(b Backend, opts *Options) *Handler {
 	o := opts.withDefaults()
 	h := &Handler{
-		backend: b,
-		opts:    o,
-		log:     o.Logger,
-		metrics: o.Metrics,
-		started: time.Now(),
+		backend:  b,
+		opts:     o,
+		log:      o.Logger,
+		metrics:  o.Metrics,
+		started:  time.Now(),
+		auth:     newAuthorizer(o.Tokens),
+		inflight: make(chan struct{}, o.MaxInflightPublish),
 	}
 	h.metrics.watch(b)
 
@@ -175,14 +207,18 @@ func New(b Backend, opts *Options) *Handler {
 		h.log.Error("panic in handler", "method", req.Method, "path", req.URL.Path, "panic", v)
 		writeError(w, http.StatusInternalServerError, "internal error", nil)
 	}
-	r.POST("/publish", h.publish)
-	r.GET("/events", h.events)
-	r.GET("/stats", h.stats)
+	r.POST("/publish", h.publish) // checks its token itself, to count refusals in its metrics
+	r.GET("/events", h.guard(scopeRead, h.events))
+	r.GET("/stats", h.guard(scopeRead, h.stats))
 	r.GET("/healthz", h.healthz)
 	r.HEAD("/healthz", h.healthz)
 	r.GET("/readyz", h.readyz)
 	r.HEAD("/readyz", h.readyz)
-	r.Handler(http.MethodGet, "/metrics", h.metrics.handler())
+	metrics := h.metrics.handler()
+	if !o.MetricsOpen {
+		metrics = h.guardHandler(scopeRead, metrics)
+	}
+	r.Handler(http.MethodGet, "/metrics", metrics)
 	h.router = r
 	return h
 }

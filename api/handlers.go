@@ -2,7 +2,9 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -16,6 +18,13 @@ import (
 // hand the batch to the backend, which returns once it is durable.
 func (h *Handler) publish(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
 	start := time.Now()
+	if e := h.auth.check(r, scopePublish); e != nil {
+		// Refused before a byte of the body is read.
+		w.Header().Set("Connection", "close")
+		h.refuse(w, r, e)
+		h.metrics.observePublish(e.status, 0, time.Since(start))
+		return
+	}
 	b := h.pools.get()
 	defer h.pools.put(b)
 
@@ -32,7 +41,13 @@ func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (s
 		h.fail(w, r, err)
 		return StatusOf(err), 0
 	}
+	release, err := h.acquire(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return StatusOf(err), 0
+	}
 	first, last, err := h.backend.Publish(r.Context(), b.events)
+	release()
 	if err != nil {
 		h.fail(w, r, err)
 		return StatusOf(err), 0
@@ -49,6 +64,34 @@ func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (s
 	writeBody(w, http.StatusOK, out)
 	return http.StatusOK, n
 }
+
+// errBusy is the refusal of a publish request that found no free slot.
+var errBusy = fmt.Errorf("too many publish requests in flight: %w", ErrOverloaded)
+
+// acquire takes a slot on the write path, waiting up to InflightWait for one;
+// release gives it back.
+func (h *Handler) acquire(ctx context.Context) (release func(), err error) {
+	select {
+	case h.inflight <- struct{}{}:
+		return h.release, nil
+	default:
+	}
+	if h.opts.InflightWait < 0 {
+		return nil, errBusy
+	}
+	t := time.NewTimer(h.opts.InflightWait)
+	defer t.Stop()
+	select {
+	case h.inflight <- struct{}{}:
+		return h.release, nil
+	case <-t.C:
+		return nil, errBusy
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (h *Handler) release() { <-h.inflight }
 
 // eventsReply is the body of GET /events.
 type eventsReply struct {
