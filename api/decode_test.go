@@ -120,8 +120,12 @@ func FuzzPublish(f *testing.F) {
 			if e.Timestamp.Location() != time.UTC {
 				t.Fatalf("timestamp not UTC: %v", e.Timestamp)
 			}
+			// Numbers beyond float64 (1e999999) are valid JSON and kept as
+			// sent, so decode them as json.Number.
 			var m map[string]any
-			if err := json.Unmarshal(e.Payload, &m); err != nil || m == nil {
+			dec := json.NewDecoder(bytes.NewReader(e.Payload))
+			dec.UseNumber()
+			if err := dec.Decode(&m); err != nil || m == nil {
 				t.Fatalf("payload %q is not an object: %v", e.Payload, err)
 			}
 			var c bytes.Buffer
@@ -196,3 +200,50 @@ func BenchmarkPublish(b *testing.B) {
 type nopCloser struct{ *bytes.Reader }
 
 func (nopCloser) Close() error { return nil }
+
+// FuzzEventsQuery feeds arbitrary query strings to GET /events: the handler
+// must answer 200 with at most limit events, or a clean 400 with a JSON error
+// body, and pass the backend only queries inside the limits.
+func FuzzEventsQuery(f *testing.F) {
+	for _, s := range []string{
+		"", "topic=a&limit=2", "limit=2&cursor=2", "cursor=-1", "cursor=x", "limit=0", "limit=10001",
+		"limit=-5", "limit=99999999999999999999", "limit=1e3", "limit=+3", "topic=%ff", "topic=%00",
+		"topic=" + strings.Repeat("x", 256), "cursor=" + strings.Repeat("9", 1025), "limit=1&limit=x",
+		"%", "topic=a;limit=2", "&&==&", "topic=a%26limit%3D2",
+	} {
+		f.Add(s)
+	}
+	fb := newFake()
+	h := New(fb, &Options{Metrics: NewMetrics()})
+	var batch []any
+	for i := range 7 {
+		batch = append(batch, ev([]string{"a", "b"}[i%2], fmt.Sprint(i)))
+	}
+	if rec := do(f, h, http.MethodPost, "/publish", "", mustJSON(f, batch)); rec.Code != http.StatusOK {
+		f.Fatalf("seed publish: %d", rec.Code)
+	}
+	f.Fuzz(func(t *testing.T, rawQuery string) {
+		req := httptest.NewRequest(http.MethodGet, "/events", nil)
+		req.URL.RawQuery = rawQuery
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		switch rec.Code {
+		case http.StatusOK:
+			var p struct {
+				Events     []json.RawMessage `json:"events"`
+				NextCursor *string           `json:"next_cursor"`
+			}
+			decodeReply(t, rec, &p)
+			fb.mu.Lock()
+			q := fb.lastQuery
+			fb.mu.Unlock()
+			if q.Limit < 1 || q.Limit > MaxListLimit || len(q.Topic) > MaxFieldBytes || len(p.Events) > q.Limit {
+				t.Fatalf("query %q: backend got %+v, reply has %d events", rawQuery, q, len(p.Events))
+			}
+		case http.StatusBadRequest:
+			errorReply(t, rec)
+		default:
+			t.Fatalf("query %q: status %d: %s", rawQuery, rec.Code, rec.Body)
+		}
+	})
+}
