@@ -39,7 +39,9 @@ func runInterleaving(t *testing.T, seed uint64) {
 		stopped     = make(chan struct{}, 1)
 	)
 	opts := &Options{ExpectedKeys: uint(8 + rng.IntN(64)), rebuildBatch: 1 + rng.IntN(20),
-		fanout: 2 + rng.IntN(3), blockTarget: 16 + rng.IntN(200), FailCommit: func() error {
+		fanout: 2 + rng.IntN(3), blockTarget: 16 + rng.IntN(200),
+		noSync: true, // crashes here are in-process: durability is TestCrashPoints' job
+		FailCommit: func() error {
 			if failCommits.Load() {
 				failed.Add(1)
 				return errors.New("injected commit failure")
