@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -18,15 +19,33 @@ import (
 // until then reads answer 503 while publishing already works.
 type backend struct {
 	log      *wal.Log
-	maxLag   uint64
+	limits   limits
 	store    atomic.Pointer[dedup.Store]
 	consumer atomic.Pointer[dedup.Consumer]
+
+	// Admitted publishes not yet answered by the log: counted on top of the
+	// log's own figures, so that concurrent publishers cannot all pass a
+	// bound at once. The lag or the size passes a bound by at most the one
+	// request admitted last.
+	mu            sync.Mutex
+	pendingEvents uint64
+	pendingBytes  int64
 }
+
+// limits are the backpressure bounds of publishing; zero means no bound.
+type limits struct {
+	maxLag   uint64 // events the consumer may be behind the log
+	maxBytes int64  // bytes of the log's segment files
+}
+
+// recordOverhead bounds the bytes a record costs in a segment file beyond its
+// body (tidwall/wal's length prefix and the wal package's checksum header).
+const recordOverhead = 32
 
 var _ api.Backend = (*backend)(nil)
 
-func newBackend(l *wal.Log, maxLag uint64) *backend {
-	return &backend{log: l, maxLag: maxLag}
+func newBackend(l *wal.Log, lim limits) *backend {
+	return &backend{log: l, limits: lim}
 }
 
 // attach makes the opened index and its started consumer available.
@@ -47,19 +66,18 @@ func (b *backend) index() (*dedup.Store, error) {
 }
 
 // Publish encodes the events into one buffer, one record each, and appends
-// them to the log; it returns once they are fsynced.
+// them to the log; it returns once they are fsynced. Over a bound it writes
+// nothing and returns an error wrapping api.ErrOverloaded (429).
 func (b *backend) Publish(ctx context.Context, events []event.Event) (uint64, uint64, error) {
-	if b.maxLag > 0 {
-		if s := b.store.Load(); s != nil {
-			if lag := sub(b.log.LastOffset(), s.Checkpoint()); lag > b.maxLag {
-				return 0, 0, fmt.Errorf("consumer lag %d is above %d: %w", lag, b.maxLag, api.ErrOverloaded)
-			}
-		}
-	}
 	size := 0
 	for i := range events {
 		size += events[i].EncodedSize()
 	}
+	n, bytes := uint64(len(events)), int64(size+len(events)*recordOverhead)
+	if err := b.admit(n, bytes); err != nil {
+		return 0, 0, err
+	}
+	defer b.done(n, bytes)
 	buf := make([]byte, 0, size)
 	records := make([][]byte, len(events))
 	for i := range events {
@@ -72,6 +90,43 @@ func (b *backend) Publish(ctx context.Context, events []event.Event) (uint64, ui
 		return 0, 0, fmt.Errorf("append: %w", walError(err))
 	}
 	return first, last, nil
+}
+
+// admit checks the bounds, counting the publishes admitted before and not
+// yet answered, and reserves room for this one.
+func (b *backend) admit(n uint64, bytes int64) error {
+	if b.limits == (limits{}) {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.limits.maxLag > 0 {
+		// Before the index is open the checkpoint is unknown: no bound yet.
+		if s := b.store.Load(); s != nil {
+			if lag := sub(b.log.LastOffset(), s.Checkpoint()) + b.pendingEvents; lag > b.limits.maxLag {
+				return fmt.Errorf("consumer lag %d is above %d: %w", lag, b.limits.maxLag, api.ErrOverloaded)
+			}
+		}
+	}
+	if b.limits.maxBytes > 0 {
+		if size := b.log.Stats().Bytes + b.pendingBytes; size > b.limits.maxBytes {
+			return fmt.Errorf("log holds %d bytes, above %d: %w", size, b.limits.maxBytes, api.ErrOverloaded)
+		}
+	}
+	b.pendingEvents += n
+	b.pendingBytes += bytes
+	return nil
+}
+
+// done releases what admit reserved.
+func (b *backend) done(n uint64, bytes int64) {
+	if b.limits == (limits{}) {
+		return
+	}
+	b.mu.Lock()
+	b.pendingEvents -= n
+	b.pendingBytes -= bytes
+	b.mu.Unlock()
 }
 
 // walError marks the log's refusals as api.ErrUnavailable (503, retry).

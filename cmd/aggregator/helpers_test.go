@@ -243,6 +243,13 @@ func startServer(tb testing.TB, dir string, mutate func(*Config)) *testServer {
 // returns once the server listens, without waiting for it to be ready.
 func startServerWith(tb testing.TB, dir string, mutate func(*Config), walSeam func(*wal.Options)) *testServer {
 	tb.Helper()
+	return startServerWithSeams(tb, dir, mutate, walSeam, nil)
+}
+
+// startServerWithSeams is startServerWith with a seam on the consumer too.
+func startServerWithSeams(tb testing.TB, dir string, mutate func(*Config), walSeam func(*wal.Options),
+	consumerSeam func(*dedup.ConsumerOptions, *wal.Log, *dedup.Store)) *testServer {
+	tb.Helper()
 	cfg := defaultConfig()
 	cfg.Addr = "127.0.0.1:0"
 	cfg.DataDir = dir
@@ -254,6 +261,7 @@ func startServerWith(tb testing.TB, dir string, mutate func(*Config), walSeam fu
 	ctx, cancel := context.WithCancel(context.Background())
 	srv := NewServer(cfg, testLogger(tb))
 	srv.walSeam = walSeam
+	srv.consumerSeam = consumerSeam
 	ts := &testServer{srv: srv, cancel: cancel, done: make(chan error, 1)}
 	go func() { ts.done <- srv.Run(ctx) }()
 	select {

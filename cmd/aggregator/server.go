@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,9 @@ type Server struct {
 	// walSeam, when set (by tests), adjusts the log's options before Open,
 	// e.g. to inject I/O faults.
 	walSeam func(*wal.Options)
+	// consumerSeam, when set (by tests), adjusts the consumer's options
+	// before it starts, e.g. to slow it down; it gets the log and the index.
+	consumerSeam func(*dedup.ConsumerOptions, *wal.Log, *dedup.Store)
 }
 
 // NewServer returns a server for cfg; logger nil discards the logs.
@@ -56,9 +60,18 @@ func (s *Server) Addr() net.Addr {
 // log and the index. It returns nil after a clean shutdown.
 func (s *Server) Run(ctx context.Context) (err error) {
 	cfg := s.cfg
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
+	if err := s.prepareDataDir(); err != nil {
+		return err
 	}
+	var tlsConfig *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	}
+	s.logAccess()
 	metrics := api.NewMetrics()
 
 	walDir := filepath.Join(cfg.DataDir, "wal")
@@ -99,7 +112,11 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		}
 	}
 
-	be := newBackend(wlog, cfg.MaxLag)
+	be := newBackend(wlog, limits{maxLag: cfg.MaxLag, maxBytes: cfg.MaxWALBytes})
+	inflightWait := cfg.InflightWait
+	if inflightWait == 0 {
+		inflightWait = -1 // api: negative is "do not wait"; zero its default
+	}
 	handler := api.New(be, &api.Options{
 		Logger:          s.log.With("component", "api"),
 		Metrics:         metrics,
@@ -108,6 +125,11 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		MaxPayloadBytes: cfg.MaxPayloadBytes,
 		MaxPayloadDepth: cfg.MaxPayloadDepth,
 		MaxStatsTopics:  cfg.MaxStatsTopics,
+
+		MaxInflightPublish: cfg.MaxInflightPublish,
+		InflightWait:       inflightWait,
+		Tokens:             cfg.Tokens,
+		MetricsOpen:        cfg.MetricsOpen,
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -122,14 +144,21 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsConfig,
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() {
+		if tlsConfig != nil {
+			serveErr <- srv.ServeTLS(ln, "", "") // the certificate is in TLSConfig
+			return
+		}
+		serveErr <- srv.Serve(ln)
+	}()
 	s.addr = ln.Addr()
 	close(s.started)
-	s.log.Info("listening", "addr", s.addr.String(), "data_dir", cfg.DataDir)
+	s.log.Info("listening", "addr", s.addr.String(), "data_dir", cfg.DataDir, "tls", tlsConfig != nil)
 
 	// The index opens in the background (it rebuilds its bloom filter), so
 	// publishing does not wait for it; reads answer 503 until it is there.
@@ -145,11 +174,15 @@ func (s *Server) Run(ctx context.Context) (err error) {
 			o.store, o.err = s.openIndex(wlog)
 		}
 		if o.err == nil {
-			o.consumer = dedup.NewConsumer(o.store, wlog, &dedup.ConsumerOptions{
+			copts := &dedup.ConsumerOptions{
 				ChunkEntries: cfg.ChunkEntries,
 				Logger:       s.log.With("component", "consumer"),
 				OnApply:      metrics.OnApply,
-			})
+			}
+			if s.consumerSeam != nil {
+				s.consumerSeam(copts, wlog, o.store)
+			}
+			o.consumer = dedup.NewConsumer(o.store, wlog, copts)
 			o.consumer.Start()
 			be.attach(o.store, o.consumer)
 		}
@@ -227,14 +260,85 @@ func (s *Server) openIndex(wlog *wal.Log) (*dedup.Store, error) {
 		return nil, fmt.Errorf("open index %s: %w", path, err)
 	}
 	if cp, last := st.Checkpoint(), wlog.LastOffset(); cp > last {
-		// The index has applied records the log no longer holds (after
-		// --wal-repair cut it, or a log from elsewhere): new appends would
-		// get offsets the consumer skips as applied, and be lost.
-		_ = st.Close()
-		return nil, fmt.Errorf("index checkpoint %d is ahead of the log's last offset %d: the log lost "+
-			"acknowledged records (a --wal-repair cut?); refusing to start, since new events would get "+
-			"offsets the consumer skips as applied", cp, last)
+		// The index has applied records the log no longer holds: new
+		// appends would get offsets the consumer skips as applied, and be
+		// lost.
+		if !s.cfg.WALRepair {
+			// Not after a repair of ours: a log from elsewhere, or a
+			// deleted one. Leave the decision to the operator.
+			_ = st.Close()
+			return nil, fmt.Errorf("index checkpoint %d is ahead of the log's last offset %d: the log lost "+
+				"acknowledged records; refusing to start, since new events would get offsets the consumer "+
+				"skips as applied (--wal-repair fills the gap)", cp, last)
+		}
+		// --wal-repair cut the log at damage the index had applied already:
+		// fill the cut offsets so that new events get offsets after the
+		// checkpoint. The consumer never reads the fillers (it resumes
+		// after the checkpoint) and retention frees them.
+		if err := fillLog(wlog, cp); err != nil {
+			_ = st.Close()
+			return nil, fmt.Errorf("fill the log up to the index checkpoint %d: %w", cp, err)
+		}
+		s.log.Warn("the repaired log ended before the index checkpoint: appended empty filler records "+
+			"so that new events never reuse an applied offset; the events at these offsets were applied "+
+			"to the index before the damage and stay listed",
+			"fillers", cp-last, "from_offset", last+1, "to_offset", cp)
 	}
 	s.log.Info("index open", "path", path, "took", time.Since(start).Round(time.Millisecond))
 	return st, nil
+}
+
+// fillerChunk bounds the filler records of one append.
+const fillerChunk = 1 << 16
+
+// fillLog appends empty records until the log's last offset is upto.
+func fillLog(l *wal.Log, upto uint64) error {
+	empty := []byte{}
+	for last := l.LastOffset(); last < upto; last = l.LastOffset() {
+		recs := make([][]byte, min(upto-last, fillerChunk))
+		for i := range recs {
+			recs[i] = empty
+		}
+		if _, _, err := l.Append(context.Background(), recs); err != nil {
+			return fmt.Errorf("append fillers: %w", err)
+		}
+	}
+	return nil
+}
+
+// prepareDataDir creates the data directory with mode 0700 (the log and the
+// index create their files 0600) and warns when an existing one is open to
+// other users.
+func (s *Server) prepareDataDir() error {
+	dir := s.cfg.DataDir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("data dir %s: not a directory", dir)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		s.log.Warn("data directory is accessible to other users; chmod 0700 it", "dir", dir, "mode", perm.String())
+	}
+	return nil
+}
+
+// logAccess says which routes need a token.
+func (s *Server) logAccess() {
+	t := s.cfg.Tokens
+	if t == (api.Tokens{}) {
+		s.log.Warn("no tokens configured: every route is open (set --publish-token, --read-token or --admin-token, or their files)")
+		return
+	}
+	publish := t.Publish != "" || t.Admin != ""
+	read := t.Read != "" || t.Admin != ""
+	metrics := read && !s.cfg.MetricsOpen
+	s.log.Info("access control", "publish_needs_token", publish, "read_needs_token", read, "metrics_needs_token", metrics)
+	if !publish || !read {
+		s.log.Warn("some routes are open while others need a token", "publish_open", !publish, "read_open", !read)
+	}
 }
