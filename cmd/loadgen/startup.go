@@ -22,6 +22,8 @@ type startupReport struct {
 	LastOffset  uint64  `json:"last_offset"`
 	RSSReadyMB  float64 `json:"rss_ready_mb"`
 	RSSLag0MB   float64 `json:"rss_lag0_mb"`
+	AnonLag0MB  float64 `json:"rss_anon_lag0_mb"` // heap and stacks: the part not backed by files
+	FileLag0MB  float64 `json:"rss_file_lag0_mb"` // mapped file pages (the bbolt index mmap)
 	SigtermExit int     `json:"sigterm_exit"`
 }
 
@@ -63,7 +65,7 @@ func runStartup(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitFail
 	}
 	rep.ReadyS = ready.Seconds()
-	rep.RSSReadyMB = rssMB(srv.cmd.Process.Pid)
+	rep.RSSReadyMB = procStatusMB(srv.cmd.Process.Pid, "VmRSS")
 	if s, err := getStats(ctx, c, base); err == nil {
 		rep.LagAtReady = s.WAL.Lag
 	}
@@ -73,7 +75,10 @@ func runStartup(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitFail
 	}
 	rep.Lag0S = time.Since(start).Seconds()
-	rep.RSSLag0MB = rssMB(srv.cmd.Process.Pid)
+	pid := srv.cmd.Process.Pid
+	rep.RSSLag0MB = procStatusMB(pid, "VmRSS")
+	rep.AnonLag0MB = procStatusMB(pid, "RssAnon")
+	rep.FileLag0MB = procStatusMB(pid, "RssFile")
 	rep.Unique, rep.LastOffset = s.UniqueProcessed, s.WAL.LastOffset
 	if rep.SigtermExit, err = srv.terminate(*timeout); err != nil {
 		fmt.Fprintln(stderr, "loadgen:", err)
@@ -82,8 +87,9 @@ func runStartup(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		b, _ := json.Marshal(rep)
 		fmt.Fprintln(stdout, string(b))
 	} else {
-		fmt.Fprintf(stdout, "ready in %.3fs (lag %d), lag 0 in %.3fs; %d unique events, last offset %d; RSS %.1f MB at ready, %.1f MB at lag 0; SIGTERM exit %d\n",
-			rep.ReadyS, rep.LagAtReady, rep.Lag0S, rep.Unique, rep.LastOffset, rep.RSSReadyMB, rep.RSSLag0MB, rep.SigtermExit)
+		fmt.Fprintf(stdout, "ready in %.3fs (lag %d), lag 0 in %.3fs; %d unique events, last offset %d; RSS %.1f MB at ready, %.1f MB at lag 0 (anon %.1f, file %.1f); SIGTERM exit %d\n",
+			rep.ReadyS, rep.LagAtReady, rep.Lag0S, rep.Unique, rep.LastOffset, rep.RSSReadyMB, rep.RSSLag0MB,
+			rep.AnonLag0MB, rep.FileLag0MB, rep.SigtermExit)
 	}
 	if rep.SigtermExit != 0 {
 		return exitFail
@@ -91,8 +97,9 @@ func runStartup(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	return exitOK
 }
 
-// rssMB returns the resident set size of process pid in MB (0 if unknown).
-func rssMB(pid int) float64 {
+// procStatusMB returns a kB field of /proc/<pid>/status (VmRSS, RssAnon,
+// RssFile) in MB, or 0 if unknown.
+func procStatusMB(pid int, field string) float64 {
 	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0
@@ -100,7 +107,7 @@ func rssMB(pid int) float64 {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
 			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
 			return kb / 1024
 		}
