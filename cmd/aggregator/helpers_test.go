@@ -22,9 +22,10 @@ import (
 
 // client is a small JSON client of a running aggregator.
 type client struct {
-	tb   testing.TB
-	base string
-	http *http.Client
+	tb    testing.TB
+	base  string
+	http  *http.Client
+	token string // sent as a bearer token when set
 }
 
 func newClient(tb testing.TB, base string) *client {
@@ -55,6 +56,9 @@ func (c *client) try(method, path, contentType string, body []byte) (int, []byte
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
