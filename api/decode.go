@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -95,6 +96,13 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, b *batch) err
 		}
 		if err != nil {
 			b.body = buf[:0]
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// The server's read timeout cut a slow sender: 408, which
+				// clients retry, and the connection closes.
+				w.Header().Set("Connection", "close")
+				return &requestError{status: http.StatusRequestTimeout, msg: "body not received in time"}
+			}
 			return badRequest("read body: " + err.Error())
 		}
 	}
