@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -138,5 +140,44 @@ func TestPublishWhileIndexOpens(t *testing.T) {
 	st := ts.drain(10 * time.Second)
 	if st.Received != 3 || st.UniqueProcessed != 2 || st.DuplicateDropped != 1 {
 		t.Fatalf("after the index opened: %+v", st)
+	}
+}
+
+// TestSlowBodyHoldsNoSlot starts a publish whose body never arrives in full,
+// with one write-path slot and no wait for it: other publishes are still
+// acknowledged (the slow request holds neither a slot nor the group commit,
+// since the body is read and validated first), and the read timeout cuts the
+// slow one, which writes nothing.
+func TestSlowBodyHoldsNoSlot(t *testing.T) {
+	ts := startServer(t, t.TempDir(), func(c *Config) {
+		c.ReadTimeout = time.Second
+		c.MaxInflightPublish = 1
+		c.InflightWait = 0
+	})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := string(mustJSON(t, makeEvent(1, "slow")))
+	if _, err := conn.Write([]byte("POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+		"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body[:10])); err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i <= 4; i++ {
+		ts.publish(makeEvent(i, "slow"))
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	reply, err := io.ReadAll(conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("slow body not cut within 10s (read %q)", reply)
+	}
+	if !strings.HasPrefix(string(reply), "HTTP/1.1 408") {
+		t.Fatalf("slow request: reply %q, want 408", reply)
+	}
+	st := ts.drain(10 * time.Second)
+	if st.Received != 3 {
+		t.Fatalf("received %d, want the 3 complete publishes only", st.Received)
 	}
 }
