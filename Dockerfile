@@ -18,6 +18,9 @@ RUN addgroup -S -g 10001 aggregator \
  && chmod 0700 /data
 COPY --from=build /out/aggregator /usr/local/bin/aggregator
 USER aggregator:aggregator
+# Tokens and TLS come from secrets mounted as files, never from the image:
+#   -e AGG_ADMIN_TOKEN_FILE=/run/secrets/admin_token (and AGG_PUBLISH_TOKEN_FILE,
+#   AGG_READ_TOKEN_FILE, AGG_TLS_CERT, AGG_TLS_KEY); see docs/security.md.
 ENV AGG_ADDR=:8080 \
     AGG_DATA_DIR=/data \
     AGG_LOG_FORMAT=json
