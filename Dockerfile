@@ -21,6 +21,7 @@ USER aggregator:aggregator
 # Tokens and TLS come from secrets mounted as files, never from the image:
 #   -e AGG_ADMIN_TOKEN_FILE=/run/secrets/admin_token (and AGG_PUBLISH_TOKEN_FILE,
 #   AGG_READ_TOKEN_FILE, AGG_TLS_CERT, AGG_TLS_KEY); see docs/security.md.
+#   With TLS on, override the HEALTHCHECK below (it speaks plain HTTP).
 ENV AGG_ADDR=:8080 \
     AGG_DATA_DIR=/data \
     AGG_LOG_FORMAT=json
