@@ -171,6 +171,19 @@ func TestEndpointsOnRealWiring(t *testing.T) {
 	ts.waitReady(10 * time.Second)
 	ts.publish(makeEvent(1, "t"))
 	ts.drain(10 * time.Second)
+	// The consumer counts an applied chunk in the metrics just after the
+	// checkpoint moves, so the counter may trail the drain for a moment.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, body := ts.do("GET", "/metrics", "", nil)
+		if strings.Contains(string(body), "aggregator_events_unique_total 1\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics never counted the unique event:\n%s", body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	for _, c := range []struct {
 		method, path string
 		status       int
