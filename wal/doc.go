@@ -12,13 +12,13 @@
 //
 // Append may be called from many goroutines. One writer goroutine takes
 // everything pending (bounded by Options.MaxBatchRecords and MaxBatchBytes),
-// writes it with one tidwall/wal WriteBatch, and hands it to a syncer
-// goroutine for one fsync of the tail segment (plus a directory fsync when a
-// segment was created); then all of those callers are answered. While the
-// syncer fsyncs commit k, the writer already writes commit k+1 into the page
-// cache, so the CPU work of one commit overlaps the disk wait of the other;
-// k+1 is fsynced, and k+2 written, only after k's fsync returned. The
-// contract:
+// writes it with one tidwall/wal WriteBatch and one fsync of the tail segment
+// (plus a directory fsync when a segment was created), then answers all of
+// those callers. When at least 64 KiB of further records are already queued,
+// the fsync is handed to a syncer goroutine and the writer writes the next
+// commit into the page cache meanwhile, so the CPU work of one commit overlaps
+// the disk wait of the other; commit k+1 is fsynced, and k+2 written, only
+// after k's fsync returned. The contract:
 //
 //   - Append returns offsets only after the fsync that covers its records
 //     succeeded; it never acknowledges anything earlier.

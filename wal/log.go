@@ -45,8 +45,8 @@ const (
 	// file (tidwall/wal WriteBatch) and before its fsync: an error here acts
 	// like a failed write(2) whose bytes may or may not have reached the file.
 	FaultWrite Fault = iota + 1
-	// FaultSync is checked instead of the fsync of the tail segment; an error
-	// here acts like a failed fsync(2).
+	// FaultSync is checked before the fsync of the tail segment; an error
+	// here acts like a failed fsync(2) (the records are in the file).
 	FaultSync
 	// FaultSyncDir is checked before the directory fsync that follows the
 	// creation of a segment.
