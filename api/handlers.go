@@ -73,6 +73,7 @@ var errBusy = fmt.Errorf("too many publish requests in flight: %w", ErrOverloade
 func (h *Handler) acquire(ctx context.Context) (release func(), err error) {
 	select {
 	case h.inflight <- struct{}{}:
+		h.metrics.inflight.Inc()
 		return h.release, nil
 	default:
 	}
@@ -83,6 +84,7 @@ func (h *Handler) acquire(ctx context.Context) (release func(), err error) {
 	defer t.Stop()
 	select {
 	case h.inflight <- struct{}{}:
+		h.metrics.inflight.Inc()
 		return h.release, nil
 	case <-t.C:
 		return nil, errBusy
@@ -91,7 +93,10 @@ func (h *Handler) acquire(ctx context.Context) (release func(), err error) {
 	}
 }
 
-func (h *Handler) release() { <-h.inflight }
+func (h *Handler) release() {
+	h.metrics.inflight.Dec()
+	<-h.inflight
+}
 
 // eventsReply is the body of GET /events.
 type eventsReply struct {

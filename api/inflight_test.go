@@ -99,6 +99,9 @@ func TestInflightBound(t *testing.T) {
 		if n := g.insideNow(); n != 2 {
 			t.Fatalf("%d requests inside the backend while full, want 2", n)
 		}
+		if m := doAuth(t, h, "GET", "/metrics", "", ""); !strings.Contains(m.Body.String(), "aggregator_publish_inflight 2\n") {
+			t.Fatalf("metrics lack aggregator_publish_inflight 2")
+		}
 		close(g.gate)
 		for _, c := range append(held, waiting) {
 			if rec := <-c; rec.Code != http.StatusOK {

@@ -28,6 +28,7 @@ type Metrics struct {
 	written    prometheus.Counter
 	apply      prometheus.Histogram
 	perApply   prometheus.Histogram
+	inflight   prometheus.Gauge
 
 	watchOnce sync.Once
 }
@@ -78,6 +79,10 @@ func NewMetrics() *Metrics {
 			Help:    "Events in each consumer chunk.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
 		}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aggregator_publish_inflight",
+			Help: "Publish requests holding a write-path slot (validated, handed to the log).",
+		}),
 	}
 	m.byCode = map[int]prometheus.Observer{}
 	for _, code := range []int{200, 400, 404, 405, 413, 422, 429, 500, 503} {
@@ -87,7 +92,7 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.received, m.unique, m.duplicates, m.publish,
-		m.fsync, m.perCommit, m.written, m.apply, m.perApply,
+		m.fsync, m.perCommit, m.written, m.apply, m.perApply, m.inflight,
 	)
 	return m
 }
