@@ -242,3 +242,22 @@ func TestMaxWALBytesAnswers429(t *testing.T) {
 		t.Fatalf("log holds %d records, want 20", got)
 	}
 }
+
+// TestStatsTopicsBoundOnRealWiring checks that --max-stats-topics reaches the
+// API: GET /stats lists at most that many topics and says it cut the list.
+func TestStatsTopicsBoundOnRealWiring(t *testing.T) {
+	ts := startServer(t, t.TempDir(), func(c *Config) { c.MaxStatsTopics = 2 })
+	ts.publish([]any{makeEvent(1, "t1"), makeEvent(1, "t2"), makeEvent(1, "t3")})
+	ts.drain(10 * time.Second)
+	_, body := ts.do(http.MethodGet, "/stats", "", nil)
+	var st struct {
+		Topics          []string          `json:"topics"`
+		TopicCounts     map[string]uint64 `json:"topic_counts"`
+		TopicsTruncated bool              `json:"topics_truncated"`
+		UniqueProcessed uint64            `json:"unique_processed"`
+	}
+	mustDecode(t, body, &st)
+	if len(st.Topics) != 2 || len(st.TopicCounts) != 2 || !st.TopicsTruncated || st.UniqueProcessed != 3 {
+		t.Fatalf("stats with --max-stats-topics 2: %s", body)
+	}
+}
