@@ -2,7 +2,10 @@
 // /events, GET /stats, the health probes and the Prometheus metrics.
 //
 // The package validates and decodes requests and maps errors to HTTP statuses
-// in one place (StatusOf). Storage is behind the small Backend interface, so
+// in one place (StatusOf). It checks optional bearer tokens (Tokens) and
+// bounds the publish requests handed to the storage at once
+// (Options.MaxInflightPublish); a request is read and validated in full
+// before it takes a slot. Storage is behind the small Backend interface, so
 // api never imports the write-ahead log or the index; cmd/aggregator wires the
 // real ones in and the tests of this package use a fake.
 package api
