@@ -192,29 +192,55 @@ func BenchmarkApply(b *testing.B) {
 }
 
 // BenchmarkOpen measures Open of a database holding `keys` keys, until the
-// bloom filter is built and the store is ready.
+// bloom filters are built and the store is ready: with the file in the page
+// cache (warm) and evicted from it before each Open (cold).
 func BenchmarkOpen(b *testing.B) {
 	for _, keys := range benchSizes()[1:] {
-		b.Run("keys="+human(keys), func(b *testing.B) {
-			path := copyFixture(b, keys)
-			b.ResetTimer()
-			for range b.N {
-				s, err := Open(path, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.StopTimer()
-				if st := mustStats(b, s); st.Keys != uint64(keys) {
-					b.Fatalf("keys %d", st.Keys)
-				}
-				if err := s.Close(); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
+		for _, cold := range []bool{false, true} {
+			name := "keys=" + human(keys) + "/warm"
+			if cold {
+				name = "keys=" + human(keys) + "/cold"
 			}
-			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/open")
-		})
+			b.Run(name, func(b *testing.B) {
+				path := copyFixture(b, keys)
+				if err := syncFile(path); err != nil {
+					b.Fatal(err)
+				}
+				b.ResetTimer()
+				for range b.N {
+					if cold {
+						b.StopTimer()
+						if err := dropFileCache(path); err != nil {
+							b.Skipf("cannot drop the page cache: %v", err)
+						}
+						b.StartTimer()
+					}
+					s, err := Open(path, nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.StopTimer()
+					if st := mustStats(b, s); st.Keys != uint64(keys) {
+						b.Fatalf("keys %d", st.Keys)
+					}
+					if err := s.Close(); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+				b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/open")
+			})
+		}
 	}
+}
+
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // BenchmarkBloomMemory reports the filter's size for n keys at the default

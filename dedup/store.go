@@ -124,6 +124,7 @@ type Store struct {
 	runBits    atomic.Uint64 // bits of the run filters (for Stats)
 
 	onListSteps func(steps int) // test seam: cursor moves of each List
+	filtersFrom string          // "snapshot" or "scan": how Open got the filters
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -164,11 +165,11 @@ func Open(path string, opts *Options) (*Store, error) {
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout: o.LockTimeout,
-		// The freelist is rebuilt by a page scan at open instead of being
-		// written at every commit: cheaper commits for an append-mostly DB.
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-		NoSync:         o.noSync,
+		// The freelist is written at every commit (small: runs free their
+		// pages only when merged). NoFreelistSync would make Open walk every
+		// page of the file to rebuild it: seconds at 1M events on a cold cache.
+		FreelistType: bolt.FreelistMapType,
+		NoSync:       o.noSync,
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
@@ -182,48 +183,78 @@ func Open(path string, opts *Options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	capacity := max(o.ExpectedKeys, uint(s.keys.Load())*2)
-	f, scanned, err := s.openFilters(capacity)
-	if err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("build bloom filter: %w", err)
-	}
-	if uint64(scanned) != s.keys.Load() {
-		_ = db.Close()
-		return nil, fmt.Errorf("build bloom filter: %d seen keys but %d unique events counted", scanned, s.keys.Load())
+	start := time.Now()
+	f, capacity, ok := s.loadSnapshot(o.ExpectedKeys)
+	s.filtersFrom = "snapshot"
+	if !ok {
+		s.filtersFrom = "scan"
+		capacity = max(o.ExpectedKeys, uint(s.keys.Load())*2)
+		var scanned int
+		if f, scanned, err = s.openFilters(capacity); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("build bloom filter: %w", err)
+		}
+		if uint64(scanned) != s.keys.Load() {
+			_ = db.Close()
+			return nil, fmt.Errorf("build bloom filter: %d seen keys but %d unique events counted", scanned, s.keys.Load())
+		}
 	}
 	s.bloom = newGuardedFilter(f, capacity)
 	s.setRunBits()
+	logger.Info("dedup: index open", "path", path, "checkpoint", s.Checkpoint(), "keys", s.keys.Load(),
+		"runs", len(s.runs), "bloom_bits", f.Cap(), "filters_from", s.filtersFrom, "filters_took", time.Since(start))
 	return s, nil
 }
 
 // init creates the buckets of a new database or checks an existing one, and
 // loads the checkpoint and key count.
 func (s *Store) init() error {
+	// An existing database is only read: no write transaction (and no two
+	// fdatasyncs) at every start.
+	fresh := false
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketMeta) == nil {
+			fresh = true
+			return nil
+		}
+		return s.load(tx)
+	})
+	if err != nil || !fresh {
+		return err
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketSeen, bucketRuns, bucketIdx, bucketTopics} {
+		for _, name := range [][]byte{bucketSeen, bucketRuns, bucketIdx, bucketTopics, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
 		}
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return fmt.Errorf("create bucket meta: %w", err)
-		}
-		switch v := meta.Get(metaVersion); {
-		case v == nil:
+		meta := tx.Bucket(bucketMeta)
+		if meta.Get(metaVersion) == nil {
 			if err := meta.Put(metaVersion, putU64(formatVersion)); err != nil {
 				return fmt.Errorf("write version: %w", err)
 			}
-		case u64(v) != formatVersion:
-			return fmt.Errorf("%w: version %d", ErrFormat, u64(v))
 		}
-		s.checkpoint.Store(u64(meta.Get(metaCheckpoint)))
-		s.keys.Store(u64(meta.Get(metaUnique)))
-		s.nextRun = u64(meta.Get(metaNextRun))
-		s.runs, err = loadRuns(tx)
-		return err
+		return s.load(tx)
 	})
+}
+
+// load checks the format and reads the checkpoint, counters and runs.
+func (s *Store) load(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if v := meta.Get(metaVersion); u64(v) != formatVersion {
+		return fmt.Errorf("%w: version %d", ErrFormat, u64(v))
+	}
+	for _, name := range [][]byte{bucketSeen, bucketRuns, bucketIdx, bucketTopics} {
+		if tx.Bucket(name) == nil {
+			return fmt.Errorf("%w: bucket %s missing", ErrFormat, name)
+		}
+	}
+	s.checkpoint.Store(u64(meta.Get(metaCheckpoint)))
+	s.keys.Store(u64(meta.Get(metaUnique)))
+	s.nextRun = u64(meta.Get(metaNextRun))
+	var err error
+	s.runs, err = loadRuns(tx)
+	return err
 }
 
 // Checkpoint returns the last log offset whose effects are committed (0 for
@@ -276,6 +307,10 @@ func (s *Store) Close() error {
 		s.applyMu.Lock() // wait for a running Apply; none starts a rebuild after this
 		defer s.applyMu.Unlock()
 		s.wg.Wait()
+		if err := s.writeSnapshot(); err != nil {
+			// Not fatal: the next Open scans the seen set instead.
+			s.log.Warn("dedup: write filter snapshot", "err", err)
+		}
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close index: %w", err)
 		}
