@@ -82,4 +82,3 @@ func FuzzEventsCursor(f *testing.F) {
 		}
 	})
 }
-

@@ -65,6 +65,9 @@ func TestRepairFillsLogUpToCheckpoint(t *testing.T) {
 
 	ts = startServerWith(t, dir, func(c *Config) { c.WALRepair = true }, nil)
 	ts.waitReady(30 * time.Second)
+	if logs := ts.logs.String(); !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, "fillers=5 from_offset=2 to_offset=6") {
+		t.Fatalf("no warning with the filler count in the log:\n%s", logs)
+	}
 	r := ts.publish(makeEvent(7, "r"))
 	if r.FirstOffset != 7 {
 		t.Fatalf("new event got offset %d after the repair, want 7 (after the checkpoint 6)", r.FirstOffset)
@@ -81,6 +84,10 @@ func TestRepairFillsLogUpToCheckpoint(t *testing.T) {
 	}
 	if st.Received != 7 || st.UniqueProcessed != 7 || st.WAL.Checkpoint != 7 {
 		t.Fatalf("stats after the repair: %+v", st)
+	}
+	// The copy of the damaged segment is as private as the rest.
+	if files := checkModes(t, filepath.Join(dir, "wal", "damaged")); files == 0 {
+		t.Fatal("no copy of the damaged segment under wal/damaged")
 	}
 }
 

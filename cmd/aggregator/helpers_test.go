@@ -232,6 +232,7 @@ type testServer struct {
 	srv    *Server
 	cancel context.CancelFunc
 	done   chan error
+	logs   *syncBuffer // the server's log
 }
 
 // startServer runs a Server on 127.0.0.1:0 with data in dir until the test
@@ -263,10 +264,11 @@ func startServerWithSeams(tb testing.TB, dir string, mutate func(*Config), walSe
 		mutate(&cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := NewServer(cfg, testLogger(tb))
+	logger, logs := testLogger(tb)
+	srv := NewServer(cfg, logger)
 	srv.walSeam = walSeam
 	srv.consumerSeam = consumerSeam
-	ts := &testServer{srv: srv, cancel: cancel, done: make(chan error, 1)}
+	ts := &testServer{srv: srv, cancel: cancel, done: make(chan error, 1), logs: logs}
 	go func() { ts.done <- srv.Run(ctx) }()
 	select {
 	case <-srv.Started():
@@ -303,7 +305,7 @@ func (ts *testServer) stop(tb testing.TB) {
 }
 
 // testLogger collects the server's logs and prints them if the test fails.
-func testLogger(tb testing.TB) *slog.Logger {
+func testLogger(tb testing.TB) (*slog.Logger, *syncBuffer) {
 	tb.Helper()
 	buf := &syncBuffer{}
 	tb.Cleanup(func() {
@@ -311,7 +313,7 @@ func testLogger(tb testing.TB) *slog.Logger {
 			tb.Logf("server log:\n%s", buf.String())
 		}
 	})
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo})), buf
 }
 
 type syncBuffer struct {

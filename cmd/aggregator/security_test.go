@@ -134,6 +134,15 @@ func TestDataDirModes(t *testing.T) {
 	ts.publish(makeEvent(1, "modes"))
 	ts.drain(10 * time.Second)
 	ts.stop(t)
+	if files := checkModes(t, dir); files < 2 {
+		t.Fatalf("only %d files under the data directory", files)
+	}
+}
+
+// checkModes requires mode 0700 for every directory under dir (dir
+// included) and 0600 for every file; it returns the number of files.
+func checkModes(tb testing.TB, dir string) int {
+	tb.Helper()
 	files := 0
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -150,16 +159,14 @@ func TestDataDirModes(t *testing.T) {
 			files++
 		}
 		if fi.Mode().Perm() != want {
-			t.Errorf("%s: mode %v, want %v", path, fi.Mode().Perm(), want)
+			tb.Errorf("%s: mode %v, want %v", path, fi.Mode().Perm(), want)
 		}
 		return nil
 	})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	if files < 2 {
-		t.Fatalf("only %d files under the data directory", files)
-	}
+	return files
 }
 
 // TestHeaderLimit sends headers over --max-header-bytes: 431, and a normal
