@@ -15,6 +15,7 @@ import (
 
 	"github.com/aggregator-dev/aggregator/event"
 	"github.com/bits-and-blooms/bloom/v3"
+	bolt "go.etcd.io/bbolt"
 )
 
 var (
@@ -192,45 +193,70 @@ func BenchmarkApply(b *testing.B) {
 }
 
 // BenchmarkOpen measures Open of a database holding `keys` keys, until the
-// bloom filters are built and the store is ready: with the file in the page
-// cache (warm) and evicted from it before each Open (cold).
+// bloom filters are ready: loaded from the snapshot of a clean Close, or
+// rebuilt by scanning the seen set (after a crash); with the file in the
+// page cache (warm) or evicted from it before each Open (cold).
 func BenchmarkOpen(b *testing.B) {
 	for _, keys := range benchSizes()[1:] {
-		for _, cold := range []bool{false, true} {
-			name := "keys=" + human(keys) + "/warm"
-			if cold {
-				name = "keys=" + human(keys) + "/cold"
-			}
-			b.Run(name, func(b *testing.B) {
-				path := copyFixture(b, keys)
-				if err := syncFile(path); err != nil {
-					b.Fatal(err)
-				}
-				b.ResetTimer()
-				for range b.N {
-					if cold {
+		for _, from := range []string{"snapshot", "scan"} {
+			for _, cache := range []string{"warm", "cold"} {
+				b.Run(fmt.Sprintf("keys=%s/%s/%s", human(keys), from, cache), func(b *testing.B) {
+					path := copyFixture(b, keys)
+					b.ResetTimer()
+					for range b.N {
 						b.StopTimer()
-						if err := dropFileCache(path); err != nil {
-							b.Skipf("cannot drop the page cache: %v", err)
+						if from == "scan" {
+							dropSnapshot(b, path)
+						}
+						if err := syncFile(path); err != nil {
+							b.Fatal(err)
+						}
+						if cache == "cold" {
+							if err := dropFileCache(path); err != nil {
+								b.Skipf("cannot drop the page cache: %v", err)
+							}
+						}
+						b.StartTimer()
+						s, err := Open(path, nil)
+						if err != nil {
+							b.Fatal(err)
+						}
+						b.StopTimer()
+						if s.filtersFrom != from {
+							b.Fatalf("filters from %s, want %s", s.filtersFrom, from)
+						}
+						if st := mustStats(b, s); st.Keys != uint64(keys) {
+							b.Fatalf("keys %d", st.Keys)
+						}
+						if err := s.Close(); err != nil {
+							b.Fatal(err)
 						}
 						b.StartTimer()
 					}
-					s, err := Open(path, nil)
-					if err != nil {
-						b.Fatal(err)
-					}
-					b.StopTimer()
-					if st := mustStats(b, s); st.Keys != uint64(keys) {
-						b.Fatalf("keys %d", st.Keys)
-					}
-					if err := s.Close(); err != nil {
-						b.Fatal(err)
-					}
-					b.StartTimer()
-				}
-				b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/open")
-			})
+					b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/open")
+				})
+			}
 		}
+	}
+}
+
+func dropSnapshot(tb testing.TB, path string) {
+	tb.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketFilters) == nil {
+			return nil
+		}
+		return tx.DeleteBucket(bucketFilters)
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		tb.Fatal(err)
 	}
 }
 

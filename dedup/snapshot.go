@@ -95,7 +95,11 @@ func (s *Store) writeSnapshot() error {
 
 // loadSnapshot returns the front filter and its capacity and fills the run
 // filters, or ok=false when there is no usable snapshot for this state.
-func (s *Store) loadSnapshot(minCapacity uint) (front *bloom.BloomFilter, capacity uint, ok bool) {
+//
+// A snapshot whose filter was sized for fewer keys than are stored is not
+// used; one sized for fewer than Options.ExpectedKeys is (it grows in the
+// background once the stored keys pass its capacity).
+func (s *Store) loadSnapshot() (front *bloom.BloomFilter, capacity uint, ok bool) {
 	runFilters := make([]*bloom.BloomFilter, len(s.runs))
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketFilters)
@@ -107,7 +111,7 @@ func (s *Store) loadSnapshot(minCapacity uint) (front *bloom.BloomFilter, capaci
 			return fmt.Errorf("%w: checkpoint", errBadSnapshot)
 		}
 		capacity = uint(u64(b.Get(snapCapacity)))
-		if capacity < minCapacity || uint64(capacity) < s.keys.Load() {
+		if uint64(capacity) < s.keys.Load() {
 			return fmt.Errorf("%w: capacity", errBadSnapshot)
 		}
 		var err error

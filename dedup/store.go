@@ -184,7 +184,7 @@ func Open(path string, opts *Options) (*Store, error) {
 		return nil, err
 	}
 	start := time.Now()
-	f, capacity, ok := s.loadSnapshot(o.ExpectedKeys)
+	f, capacity, ok := s.loadSnapshot()
 	s.filtersFrom = "snapshot"
 	if !ok {
 		s.filtersFrom = "scan"
