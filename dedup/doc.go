@@ -53,14 +53,17 @@
 // A bloom filter in memory answers "certainly new" for most new keys, which
 // saves the lookups; a positive answer is confirmed in the seen set. The
 // filters are never trusted for a positive, and they hold every stored key
-// before Apply runs (they are rebuilt from the seen set at Open, and every
-// committed key is added after its commit), so they can neither store a
+// before Apply runs (every committed key is added after its commit, and Open
+// either loads the snapshot that Close wrote for the same checkpoint, checked
+// by CRC, or rebuilds them from the seen set), so they can neither store a
 // duplicate nor drop a new event. The front filter is sized for
 // Options.ExpectedKeys (or twice the stored keys, if more) at
-// Options.FalsePositiveRate. When the stored keys outgrow the size the
-// filter was built for, a larger one is rebuilt in the background from short
-// read transactions while Apply keeps adding to the old one; keys committed
-// during the rebuild are replayed into the new filter before it is swapped in.
+// Options.FalsePositiveRate. When the stored keys outgrow the size it was
+// built for, a filter twice the stored keys is rebuilt in the background from
+// short read transactions while Apply keeps adding to the old one; keys
+// committed during the rebuild are replayed into the new filter before it is
+// swapped in. The filters are guarded by a mutex (bloom.BloomFilter is not
+// safe for concurrent use).
 //
 // # Listing
 //

@@ -133,9 +133,10 @@ type Store struct {
 	closeErr  error
 }
 
-// Open opens or creates the index database at path, checks its format,
-// and builds the bloom filter from the stored keys before returning, so the
-// Store is ready for Apply.
+// Open opens or creates the index database at path, checks its format, and
+// makes the bloom filters ready before returning, so the Store is ready for
+// Apply: from the snapshot the last Close wrote when it covers the current
+// checkpoint, else by scanning the stored keys (after a crash).
 func Open(path string, opts *Options) (*Store, error) {
 	var o Options
 	if opts != nil {
@@ -298,8 +299,10 @@ func (s *Store) Stats() (Stats, error) {
 	return st, nil
 }
 
-// Close stops a running bloom rebuild, waits for it and closes the database.
-// Calling Close again returns the first call's result.
+// Close stops a running bloom rebuild, waits for it and for a running Apply,
+// writes the filter snapshot (so the next Open needs no scan; a failure to
+// write it is logged, not returned) and closes the database. Calling Close
+// again returns the first call's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
