@@ -91,6 +91,16 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("open log %s: %w", walDir, err)
 	}
+	// The log fsyncs its own directory; its entry in the data directory,
+	// and the data directory's in its parent, need the same after a first
+	// start.
+	if err := syncDir(cfg.DataDir); err == nil {
+		err = syncDir(filepath.Dir(filepath.Clean(cfg.DataDir)))
+	}
+	if err != nil {
+		_ = wlog.Close()
+		return fmt.Errorf("sync data dir: %w", err)
+	}
 	defer func() {
 		if cerr := wlog.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("close log: %w", cerr)
@@ -284,6 +294,21 @@ func (s *Server) openIndex(wlog *wal.Log) (*dedup.Store, error) {
 			"to the index before the damage and stay listed",
 			"fillers", cp-last, "from_offset", last+1, "to_offset", cp)
 	}
+	if cp, first := st.Checkpoint(), wlog.FirstOffset(); cp+1 < first {
+		// The log no longer holds the records after the checkpoint that
+		// the index still needs (index.db deleted or replaced by an older
+		// copy): the consumer could never resume. Nothing acknowledged is
+		// lost yet: the log keeps it; the operator decides.
+		_ = st.Close()
+		return nil, fmt.Errorf("index checkpoint %d is behind the log's first offset %d: records %d to %d "+
+			"were freed from the log but are not in the index (was index.db deleted or replaced?); "+
+			"refusing to start", cp, first, cp+1, first-1)
+	}
+	// bbolt does not fsync the directory that holds a new index.db.
+	if err := syncDir(s.cfg.DataDir); err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("sync data dir: %w", err)
+	}
 	s.log.Info("index open", "path", path, "took", time.Since(start).Round(time.Millisecond))
 	return st, nil
 }
@@ -341,4 +366,18 @@ func (s *Server) logAccess() {
 	if !publish || !read {
 		s.log.Warn("some routes are open while others need a token", "publish_open", !publish, "read_open", !read)
 	}
+}
+
+// syncDir fsyncs a directory, so that the entries created in it survive a
+// power loss.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	if err := d.Sync(); err != nil {
+		_ = d.Close()
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return d.Close()
 }

@@ -333,3 +333,43 @@ func TestRefusesIndexAheadOfLog(t *testing.T) {
 		t.Fatalf("%v, want a refusal", err)
 	}
 }
+
+// TestRefusesIndexBehindLog: an index whose checkpoint is before the log's
+// first offset (index.db deleted after retention freed segments) stops the
+// start instead of a consumer that can never resume.
+func TestRefusesIndexBehindLog(t *testing.T) {
+	dir := t.TempDir()
+	wlog, err := wal.Open(filepath.Join(dir, "wal"), &wal.Options{SegmentSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := testEvents(200)
+	recs := make([][]byte, len(evs))
+	for i := range evs {
+		recs[i] = evs[i].AppendBinary(nil)
+	}
+	for i := range recs { // one commit each, so segments fill one by one
+		if _, _, err := wlog.Append(context.Background(), recs[i:i+1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := wlog.TruncateFront(wlog.LastOffset()); err != nil {
+		t.Fatal(err)
+	}
+	first := wlog.FirstOffset()
+	if err := wlog.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if first <= 1 {
+		t.Fatalf("first offset %d after truncation: the test needs freed segments", first)
+	}
+	cfg := defaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.DataDir = dir // no index.db: checkpoint 0
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = NewServer(cfg, nil).Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "behind the log's first offset") {
+		t.Fatalf("%v, want a refusal", err)
+	}
+}
