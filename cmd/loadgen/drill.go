@@ -57,8 +57,8 @@ type drillRun struct {
 
 // drill runs the crash drill: Cycles of publish + kill -9 at a random moment
 // + restart + catch-up + verify, then two torn tails (a cut record; garbage
-// and a cut record), then SIGTERM. An error is returned only when the drill
-// could not be set up.
+// and a cut record), then SIGTERM, then one more kill -9 cycle. An error is
+// returned only when the drill could not be set up.
 func drill(ctx context.Context, cfg drillConfig) (res drillResult, err error) {
 	if cfg.Cycles <= 0 {
 		cfg.Cycles = 5
@@ -131,6 +131,12 @@ func drill(ctx context.Context, cfg drillConfig) (res drillResult, err error) {
 	if ctx.Err() == nil {
 		detail, err := d.sigtermCase(ctx)
 		report("sigterm", detail, err)
+	}
+	if ctx.Err() == nil {
+		// A crash after a clean restart: state a clean shutdown leaves behind
+		// (a filter snapshot, say) must not survive into a crashed run.
+		detail, err := d.crashCase(ctx, "after-sigterm", cfg.Gen.Events, nil)
+		report("kill -9 after clean restart", detail, err)
 	}
 	if ctx.Err() != nil {
 		return res, fmt.Errorf("drill interrupted: %w", ctx.Err())

@@ -64,13 +64,13 @@ func runDrillTest(t *testing.T, bin string, cycles, events int, format string) {
 	if err != nil {
 		t.Fatalf("drill: %v", err)
 	}
-	if res.Failed != 0 || res.Passed != cycles+3 {
+	if res.Failed != 0 || res.Passed != cycles+4 {
 		log, _ := os.ReadFile(filepath.Join(res.WorkDir, "server.log"))
-		t.Fatalf("%d passed, %d failed (want %d passed); server log tail:\n%s", res.Passed, res.Failed, cycles+3,
+		t.Fatalf("%d passed, %d failed (want %d passed); server log tail:\n%s", res.Passed, res.Failed, cycles+4,
 			tail(string(log), 3000))
 	}
-	if got := strings.Count(out.all.String(), ": ok: "); got != cycles+3 {
-		t.Fatalf("%d ok lines, want %d", got, cycles+3)
+	if got := strings.Count(out.all.String(), ": ok: "); got != cycles+4 {
+		t.Fatalf("%d ok lines, want %d", got, cycles+4)
 	}
 }
 
