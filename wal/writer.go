@@ -288,10 +288,12 @@ func (l *Log) resolve(j *job) {
 		return
 	}
 	l.publish(j)
-	l.answer(j.batch, nil)
+	// Before the answer, so that a caller that got its offsets also sees
+	// the commit counted.
 	if l.opts.OnCommit != nil {
 		l.opts.OnCommit(j.records, j.bytes, j.took)
 	}
+	l.answer(j.batch, nil)
 }
 
 // syncer is the goroutine that fsyncs each written group commit: its tail
