@@ -21,15 +21,26 @@ func BenchmarkAppend(b *testing.B) {
 		for _, events := range []int{1, 100} {
 			for _, size := range []int{256, 4096} {
 				name := fmt.Sprintf("appenders=%d/events=%d/payload=%d", appenders, events, size)
-				b.Run(name, func(b *testing.B) { benchAppend(b, appenders, events, size) })
+				b.Run(name, func(b *testing.B) { benchAppend(b, appenders, events, size, 0) })
 			}
 		}
 	}
 }
 
-func benchAppend(b *testing.B, appenders, events, size int) {
+// BenchmarkAppendPipelined repeats the cells with many records per commit
+// with Options.PipelineBytes set, to compare with BenchmarkAppend.
+func BenchmarkAppendPipelined(b *testing.B) {
+	for _, appenders := range []int{16, 64} {
+		for _, size := range []int{256, 4096} {
+			name := fmt.Sprintf("appenders=%d/events=100/payload=%d", appenders, size)
+			b.Run(name, func(b *testing.B) { benchAppend(b, appenders, 100, size, 64<<10) })
+		}
+	}
+}
+
+func benchAppend(b *testing.B, appenders, events, size, pipeline int) {
 	var commits atomic.Int64
-	l, err := Open(b.TempDir(), &Options{OnCommit: func(int, int, time.Duration) { commits.Add(1) }})
+	l, err := Open(b.TempDir(), &Options{PipelineBytes: pipeline, OnCommit: func(int, int, time.Duration) { commits.Add(1) }})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,11 +14,10 @@
 // everything pending (bounded by Options.MaxBatchRecords and MaxBatchBytes),
 // writes it with one tidwall/wal WriteBatch and one fsync of the tail segment
 // (plus a directory fsync when a segment was created), then answers all of
-// those callers. When at least 64 KiB of further records are already queued,
-// the fsync is handed to a syncer goroutine and the writer writes the next
-// commit into the page cache meanwhile, so the CPU work of one commit overlaps
-// the disk wait of the other; commit k+1 is fsynced, and k+2 written, only
-// after k's fsync returned. The contract:
+// those callers. With Options.PipelineBytes set, when that much is already
+// queued, the fsync is handed to a syncer goroutine and the writer writes the
+// next commit into the page cache meanwhile; commit k+1 is fsynced, and k+2
+// written, only after k's fsync returned. The contract:
 //
 //   - Append returns offsets only after the fsync that covers its records
 //     succeeded; it never acknowledges anything earlier.

@@ -261,7 +261,8 @@ func TestFailedSyncFailsTheCommitWrittenBehindIt(t *testing.T) {
 		release = make(chan struct{})
 	)
 	releaseOnce := sync.OnceFunc(func() { close(release) })
-	l := openLog(t, dir, &Options{noInlineSync: true, InjectFault: func(f Fault) error {
+	const pipeline = 64 << 10
+	l := openLog(t, dir, &Options{PipelineBytes: pipeline, noInlineSync: true, InjectFault: func(f Fault) error {
 		switch f {
 		case FaultWrite:
 			writes.Add(1)
@@ -284,8 +285,8 @@ func TestFailedSyncFailsTheCommitWrittenBehindIt(t *testing.T) {
 	}()
 	<-entered
 	go func() {
-		// Large enough (pipelineMinBytes) to be written during k's fsync.
-		_, _, err := l.Append(context.Background(), [][]byte{[]byte("k+1"), make([]byte, pipelineMinBytes)})
+		// Large enough to be written during k's fsync.
+		_, _, err := l.Append(context.Background(), [][]byte{[]byte("k+1"), make([]byte, pipeline)})
 		results <- err
 	}()
 	waitFor(t, func() bool { return writes.Load() == 3 }) // k+1 is in the file

@@ -55,21 +55,22 @@ func TestGroupCommitConcurrentAppenders(t *testing.T) {
 		name         string
 		appenders    int
 		pad          int // bytes added to each record
+		pipeline     int
 		noInlineSync bool
 	}{
 		{name: "small-records", appenders: 64},
 		{name: "small-records-syncer", appenders: 64, noInlineSync: true},
 		// Enough queued bytes that commits are written while the previous
 		// one is being fsynced.
-		{name: "large-records-pipelined", appenders: 16, pad: 20 << 10},
+		{name: "large-records-pipelined", appenders: 16, pad: 20 << 10, pipeline: 64 << 10},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			testGroupCommit(t, tc.appenders, tc.pad, tc.noInlineSync)
+			testGroupCommit(t, tc.appenders, tc.pad, tc.pipeline, tc.noInlineSync)
 		})
 	}
 }
 
-func testGroupCommit(t *testing.T, appenders, pad int, noInlineSync bool) {
+func testGroupCommit(t *testing.T, appenders, pad, pipeline int, noInlineSync bool) {
 	const calls = 20
 	dir := t.TempDir()
 	var commits, committed atomic.Int64
@@ -79,7 +80,8 @@ func testGroupCommit(t *testing.T, appenders, pad int, noInlineSync bool) {
 			commits.Add(1)
 			committed.Add(int64(records))
 		},
-		noInlineSync: noInlineSync,
+		PipelineBytes: pipeline,
+		noInlineSync:  noInlineSync,
 	}
 	l := openLog(t, dir, opts)
 	var (

@@ -3,6 +3,7 @@ package wal
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"time"
@@ -28,12 +29,12 @@ type cut struct {
 }
 
 // run is the writer goroutine. It gathers pending appends into group
-// commits and hands each, once written, to the syncer. While the syncer
-// fsyncs commit k, the writer already writes commit k+1 (to the page cache),
-// so the CPU work of one commit overlaps the disk wait of the previous one.
-// Commit k+1 is fsynced, and k+2 written, only after k's fsync returned; a
-// failed fsync fails both k and k+1, and the files are cut back to the end
-// of k-1.
+// commits, writes and fsyncs each. With Options.PipelineBytes, when enough
+// is queued, it hands the fsync of commit k to the syncer and writes commit
+// k+1 (to the page cache) meanwhile, so the CPU work of one commit overlaps
+// the disk wait of the previous one. Commit k+1 is fsynced, and k+2
+// written, only after k's fsync returned; a failed fsync fails both k and
+// k+1, and the files are cut back to the end of k-1.
 func (l *Log) run() {
 	defer close(l.done)
 	defer func() {
@@ -68,7 +69,7 @@ func (l *Log) run() {
 			}
 			l.ready = l.writeJob(batch)
 		case l.ready == nil:
-			batch := l.take(pipelineMinBytes)
+			batch := l.take(l.pipelineBytes())
 			if len(batch) == 0 {
 				select {
 				case j := <-l.syncRes:
@@ -88,11 +89,15 @@ func (l *Log) run() {
 	}
 }
 
-// pipelineMinBytes is how much must be queued for the writer to write the
-// next commit while the previous one is being fsynced. Smaller amounts cost
-// less CPU than an fsync; they wait and join the commit after, which keeps
-// commits of small records large and fsyncs few.
-const pipelineMinBytes = 64 << 10
+// pipelineBytes is how much must be queued for the writer to write the
+// next commit while the previous one is being fsynced; pipelining is off
+// when Options.PipelineBytes is not positive.
+func (l *Log) pipelineBytes() int {
+	if l.opts.PipelineBytes <= 0 {
+		return math.MaxInt
+	}
+	return l.opts.PipelineBytes
+}
 
 // take removes the next group commit's requests from the queue, if at least
 // minBytes of records are queued.
@@ -246,9 +251,9 @@ func (l *Log) reopenTidwall() error {
 	return nil
 }
 
-// start hands the ready job to the syncer, or fails it if its write failed.
-// When too little is queued to be written during the fsync, the writer
-// fsyncs itself: that saves two goroutine hand-offs per commit.
+// start fsyncs the ready job, or fails it if its write failed. The writer
+// fsyncs itself unless pipelining is on and enough is queued to be written
+// during the fsync: that saves two goroutine hand-offs per commit.
 func (l *Log) start() {
 	j := l.ready
 	l.ready = nil
@@ -257,7 +262,7 @@ func (l *Log) start() {
 		return
 	}
 	l.inflight = j
-	if !l.opts.noInlineSync && !l.queuedAtLeast(pipelineMinBytes) {
+	if !l.opts.noInlineSync && !l.queuedAtLeast(l.pipelineBytes()) {
 		l.sync(j)
 		l.resolve(j)
 		return
