@@ -94,14 +94,14 @@ type Options struct {
 type Stats struct {
 	Unique          uint64 // unique events stored (= Keys)
 	Duplicates      uint64 // entries dropped as duplicates
-	Malformed       uint64 // entries skipped as invalid (empty topic or event ID)
+	Malformed       uint64 // entries skipped as invalid (empty or oversized topic/event ID, undecodable record)
 	Checkpoint      uint64 // last applied log offset; Unique+Duplicates+Malformed when the log starts at 1
 	Topics          map[string]uint64
 	Keys            uint64  // keys in the seen set (= Unique)
 	SeenRuns        int     // sorted runs the seen set is split into
 	RunFilterBits   uint64  // bits of the per-run bloom filters, together
-	BloomBits       uint64  // size of the bloom filter in bits
-	BloomK          uint64  // hash functions of the bloom filter
+	BloomBits       uint64  // size of the front bloom filter in bits
+	BloomK          uint64  // hash functions of every filter
 	BloomFPEstimate float64 // analytic false-positive rate at the current number of keys
 }
 
