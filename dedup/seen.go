@@ -174,10 +174,11 @@ func probeOrder(tx *bolt.Tx, runs []runInfo) ([]probeRun, error) {
 // runHas reports whether run bucket b holds key k.
 func runHas(b *bolt.Bucket, k []byte) bool {
 	c := b.Cursor()
-	bk, bv := c.Seek(k)
+	bk, _ := c.Seek(k)
 	if bk != nil && bytes.Equal(bk, k) {
 		return true
 	}
+	var bv []byte
 	if bk == nil {
 		_, bv = c.Last()
 	} else {

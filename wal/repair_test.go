@@ -25,7 +25,6 @@ type layout struct {
 	segs       []segment
 	entries    [][]entryLoc // per segment
 	last       uint64
-	bodies     map[uint64][]byte
 	lastPath   string
 	lastCommit uint64 // offset of the first record of the last commit
 }

@@ -94,7 +94,8 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	// The log fsyncs its own directory; its entry in the data directory,
 	// and the data directory's in its parent, need the same after a first
 	// start.
-	if err := syncDir(cfg.DataDir); err == nil {
+	err = syncDir(cfg.DataDir)
+	if err == nil {
 		err = syncDir(filepath.Dir(filepath.Clean(cfg.DataDir)))
 	}
 	if err != nil {
