@@ -70,6 +70,12 @@ type Config struct {
 }
 
 // defaultConfig returns the documented defaults.
+// DefaultMaxLag bounds the consumer lag by default, so that the log, the
+// buffer between publishers and the consumer, cannot grow without bound
+// when publishers outrun the consumer for long: about 1.3 GiB of log with
+// 256-byte payloads.
+const DefaultMaxLag = 5_000_000
+
 func defaultConfig() Config {
 	return Config{
 		Addr:               ":8080",
@@ -84,6 +90,7 @@ func defaultConfig() Config {
 		MaxStatsTopics:     api.DefaultMaxStatsTopics,
 		MaxInflightPublish: api.DefaultMaxInflightPublish,
 		InflightWait:       api.DefaultInflightWait,
+		MaxLag:             DefaultMaxLag,
 		MaxHeaderBytes:     64 << 10,
 		ReadHeaderTimeout:  10 * time.Second,
 		ReadTimeout:        60 * time.Second,
