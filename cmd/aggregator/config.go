@@ -31,6 +31,7 @@ type Config struct {
 	BloomExpectedKeys uint
 	BloomFPRate       float64
 	ChunkEntries      int
+	ChunkDelay        time.Duration
 	LockTimeout       time.Duration
 
 	// API limits.
@@ -122,6 +123,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	e.uint64(&expected, "bloom-expected-keys", "AGG_BLOOM_EXPECTED_KEYS", "keys the bloom filter is sized for (0: 1,048,576)")
 	e.float(&c.BloomFPRate, "bloom-fp-rate", "AGG_BLOOM_FP_RATE", "bloom filter false-positive rate at the expected keys (0: 0.01)")
 	e.int(&c.ChunkEntries, "chunk-entries", "AGG_CHUNK_ENTRIES", "events the consumer applies per index transaction (0: 16384)")
+	e.duration(&c.ChunkDelay, "chunk-delay", "AGG_CHUNK_DELAY", "how long the consumer gathers appends into a chunk that is not full (0: 2ms)")
 	e.duration(&c.LockTimeout, "lock-timeout", "AGG_LOCK_TIMEOUT", "wait for the index file lock before failing")
 
 	e.int64(&c.MaxBodyBytes, "max-body-bytes", "AGG_MAX_BODY_BYTES", "request body limit (413 above)")

@@ -187,6 +187,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		if o.err == nil {
 			copts := &dedup.ConsumerOptions{
 				ChunkEntries: cfg.ChunkEntries,
+				ChunkDelay:   cfg.ChunkDelay,
 				Logger:       s.log.With("component", "consumer"),
 				OnApply:      metrics.OnApply,
 			}
