@@ -27,7 +27,7 @@ const (
 )
 
 // formatVersion is stored in the meta bucket; Open refuses other versions.
-const formatVersion = 1
+const formatVersion = 2 // 2: the seen set as sorted runs of key blocks (1 was one B+tree)
 
 // Bucket names and meta keys.
 var (
