@@ -2,7 +2,7 @@
 // /events, GET /stats, the health probes and the Prometheus metrics.
 //
 // The package validates and decodes requests and maps errors to HTTP statuses
-// in one place (StatusOf). It checks optional bearer tokens (Tokens) and
+// in one place (StatusOf, by the kinds of event.Kind). It checks optional bearer tokens (Tokens) and
 // bounds the publish requests handed to the storage at once
 // (Options.MaxInflightPublish); a request is read and validated in full
 // before it takes a slot. Storage is behind the small Backend interface, so
@@ -12,7 +12,7 @@ package api
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -67,16 +67,6 @@ type DedupStats struct {
 	BloomFPEstimate float64 `json:"bloom_fp_estimate"`
 }
 
-// ErrUnavailable is returned (wrapped) by a Backend when it cannot serve the
-// request for now: the log is closing, the disk is full, the index is still
-// opening. The API answers 503 with Retry-After.
-var ErrUnavailable = errors.New("api: unavailable")
-
-// ErrOverloaded is returned (wrapped) by a Backend that refuses writes because
-// a bound (consumer lag, log size) is passed. The API answers 429 with
-// Retry-After, which log shippers retry.
-var ErrOverloaded = errors.New("api: overloaded")
-
 // Defaults of Options.
 const (
 	DefaultMaxBodyBytes    = 8 << 20
@@ -91,12 +81,6 @@ const (
 	// DefaultInflightWait is how long a publish request waits for a free
 	// slot before it is refused with 429.
 	DefaultInflightWait = 250 * time.Millisecond
-
-	// MaxFieldBytes bounds topic, event_id and source.
-	MaxFieldBytes = 255
-	// DefaultListLimit and MaxListLimit bound GET /events?limit=.
-	DefaultListLimit = 1000
-	MaxListLimit     = 10_000
 	// maxDetails bounds the details of one error reply.
 	maxDetails = 100
 )
@@ -104,7 +88,7 @@ const (
 // Options configure a Handler. The zero value (or nil) means the defaults.
 type Options struct {
 	Logger  *slog.Logger // nil: discard
-	Metrics *Metrics     // nil: a new Metrics on its own registry
+	Metrics *Metrics     // nil: NewMetrics on a registry of its own
 
 	MaxBodyBytes    int64         // request body limit (413 above); default 8 MiB
 	MaxBatchEvents  int           // events per request (413 above); default 10,000
@@ -138,7 +122,7 @@ func (o *Options) withDefaults() Options {
 		r.Logger = slog.New(slog.DiscardHandler)
 	}
 	if r.Metrics == nil {
-		r.Metrics = NewMetrics()
+		r.Metrics, _ = NewMetrics(nil) // a new registry: registration cannot collide
 	}
 	if r.MaxBodyBytes <= 0 {
 		r.MaxBodyBytes = DefaultMaxBodyBytes
@@ -194,21 +178,19 @@ func New(b Backend, opts *Options) *Handler {
 		auth:     newAuthorizer(o.Tokens),
 		inflight: make(chan struct{}, o.MaxInflightPublish),
 	}
-	h.metrics.watch(b)
 
 	r := httprouter.New()
 	r.RedirectFixedPath = false
 	r.RedirectTrailingSlash = false
 	r.HandleMethodNotAllowed = true
-	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		writeError(w, http.StatusNotFound, "no such route", nil)
+	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		h.fail(w, req, event.Errorf(event.NotFound, "no such route"))
 	})
-	r.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		writeError(w, http.StatusMethodNotAllowed, "method not allowed", nil)
+	r.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		h.fail(w, req, event.Errorf(event.MethodNotAllowed, "method not allowed"))
 	})
 	r.PanicHandler = func(w http.ResponseWriter, req *http.Request, v any) {
-		h.log.Error("panic in handler", "method", req.Method, "path", req.URL.Path, "panic", v)
-		writeError(w, http.StatusInternalServerError, "internal error", nil)
+		h.fail(w, req, fmt.Errorf("panic in handler: %v", v))
 	}
 	r.POST("/publish", h.publish) // checks its token itself, to count refusals in its metrics
 	r.GET("/events", h.guard(scopeRead, h.events))

@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 
+	"github.com/aggregator-dev/aggregator/event"
 	"github.com/julienschmidt/httprouter"
 )
 
@@ -108,20 +108,24 @@ func newAuthorizer(t Tokens) authorizer {
 	return a
 }
 
-// authError is a refused credential: 401 (none or unknown) or 403 (known,
-// wrong scope).
+// authError is a refused credential, of kind event.Unauthorized (none or
+// unknown) or event.Forbidden (known, wrong scope), with its challenge.
 type authError struct {
-	status    int
+	err       *event.Error
 	challenge string // WWW-Authenticate value
-	msg       string
 }
 
-func (e *authError) Error() string { return e.msg }
+func (e *authError) Error() string { return e.err.Error() }
+func (e *authError) Unwrap() error { return e.err }
+
+func refusal(k event.Kind, challenge, msg string) *authError {
+	return &authError{err: &event.Error{Kind: k, Message: msg}, challenge: challenge}
+}
 
 const realm = `Bearer realm="aggregator"`
 
 // check returns nil when r may use a route of scope need.
-func (a *authorizer) check(r *http.Request, need scope) *authError {
+func (a *authorizer) check(r *http.Request, need scope) error {
 	if a.protected&need == 0 {
 		return nil
 	}
@@ -129,8 +133,7 @@ func (a *authorizer) check(r *http.Request, need scope) *authError {
 	scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
 	tok = strings.TrimSpace(tok)
 	if h == "" || !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
-		return &authError{status: http.StatusUnauthorized, challenge: realm,
-			msg: "missing bearer token (Authorization: Bearer <token>)"}
+		return refusal(event.Unauthorized, realm, "missing bearer token (Authorization: Bearer <token>)")
 	}
 	d := sha256.Sum256([]byte(tok))
 	var granted scope
@@ -140,26 +143,13 @@ func (a *authorizer) check(r *http.Request, need scope) *authError {
 		}
 	}
 	if granted == 0 {
-		return &authError{status: http.StatusUnauthorized, challenge: realm + `, error="invalid_token"`,
-			msg: "invalid bearer token"}
+		return refusal(event.Unauthorized, realm+`, error="invalid_token"`, "invalid bearer token")
 	}
 	if granted&need == 0 {
-		return &authError{status: http.StatusForbidden,
-			challenge: realm + `, error="insufficient_scope", scope="` + need.String() + `"`,
-			msg:       "token lacks the " + need.String() + " scope"}
+		return refusal(event.Forbidden, realm+`, error="insufficient_scope", scope="`+need.String()+`"`,
+			"token lacks the "+need.String()+" scope")
 	}
 	return nil
-}
-
-// refuse writes the reply to a refused credential.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, e *authError) {
-	w.Header().Set("WWW-Authenticate", e.challenge)
-	if ok, skipped := h.denials.allow(time.Now()); ok {
-		// RemoteAddr is the peer; X-Forwarded-For is not trusted for anything.
-		h.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "status", e.status,
-			"remote", r.RemoteAddr, "reason", e.msg, "refusals_not_logged", skipped)
-	}
-	writeError(w, e.status, e.msg, nil)
 }
 
 // guard wraps a route of scope need.
@@ -168,8 +158,8 @@ func (h *Handler) guard(need scope, next httprouter.Handle) httprouter.Handle {
 		return next
 	}
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-		if e := h.auth.check(r, need); e != nil {
-			h.refuse(w, r, e)
+		if err := h.auth.check(r, need); err != nil {
+			h.fail(w, r, err)
 			return
 		}
 		next(w, r, ps)
@@ -182,8 +172,8 @@ func (h *Handler) guardHandler(need scope, next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if e := h.auth.check(r, need); e != nil {
-			h.refuse(w, r, e)
+		if err := h.auth.check(r, need); err != nil {
+			h.fail(w, r, err)
 			return
 		}
 		next.ServeHTTP(w, r)

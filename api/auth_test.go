@@ -100,7 +100,7 @@ func TestAuthPartialAndOpenMetrics(t *testing.T) {
 }
 
 func TestAuthRefusalIsCounted(t *testing.T) {
-	m := NewMetrics()
+	m := mustMetrics(t)
 	h := New(newFake(), &Options{Metrics: m, Tokens: Tokens{Publish: pubTok}})
 	doAuth(t, h, "POST", "/publish", "", "{}")
 	rec := doAuth(t, h, "GET", "/metrics", "", "")

@@ -27,7 +27,7 @@ type batch struct {
 	body      []byte
 	compacted bytes.Buffer
 	events    []event.Event
-	details   []Detail
+	details   []event.Problem
 	problems  int
 	reply     []byte
 	lastTopic string
@@ -70,8 +70,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, b *batch) err
 		// The rest of the body is not read: close the connection after
 		// the reply rather than drain it.
 		w.Header().Set("Connection", "close")
-		return &requestError{status: http.StatusRequestEntityTooLarge,
-			msg: fmt.Sprintf("body is larger than %d bytes", limit)}
+		return event.Errorf(event.TooLarge, "body is larger than %d bytes", limit)
 	}
 	if r.ContentLength > limit {
 		return tooLarge()
@@ -101,7 +100,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, b *batch) err
 				// The server's read timeout cut a slow sender: 408, which
 				// clients retry, and the connection closes.
 				w.Header().Set("Connection", "close")
-				return &requestError{status: http.StatusRequestTimeout, msg: "body not received in time"}
+				return event.Errorf(event.Timeout, "body not received in time")
 			}
 			return badRequest("read body: " + err.Error())
 		}
@@ -121,7 +120,8 @@ func isNDJSON(contentType string) bool {
 }
 
 // decode parses and validates b.body into b.events. On any invalid event it
-// returns a 422 requestError with the details and b.events must be ignored.
+// returns an event.InvalidEvents error with the problems and b.events must
+// be ignored.
 func (h *Handler) decode(b *batch, ndjson bool) error {
 	body := b.body
 	if len(trimSpace(body)) == 0 {
@@ -140,10 +140,10 @@ func (h *Handler) decode(b *batch, ndjson bool) error {
 		return err
 	}
 	if b.problems > 0 {
-		return &requestError{
-			status:  http.StatusUnprocessableEntity,
-			msg:     invalidMessage(b.problems, len(b.details)),
-			details: b.details,
+		return &event.Error{
+			Kind:     event.InvalidEvents,
+			Message:  invalidMessage(b.problems, len(b.details)),
+			Problems: b.details,
 		}
 	}
 	return nil
@@ -172,8 +172,7 @@ func syntaxError(body []byte) string {
 }
 
 func (h *Handler) tooMany() error {
-	return &requestError{status: http.StatusRequestEntityTooLarge,
-		msg: fmt.Sprintf("more than %d events in one request", h.opts.MaxBatchEvents)}
+	return event.Errorf(event.TooLarge, "more than %d events in one request", h.opts.MaxBatchEvents)
 }
 
 func (h *Handler) decodeJSON(b *batch, body []byte) error {
@@ -195,12 +194,11 @@ func (h *Handler) decodeJSON(b *batch, body []byte) error {
 			n++
 		}
 		if n == 0 {
-			return &requestError{status: http.StatusUnprocessableEntity, msg: "empty batch: no events"}
+			return event.Errorf(event.InvalidEvents, "empty batch: no events")
 		}
 		return nil
 	default:
-		return &requestError{status: http.StatusUnprocessableEntity,
-			msg: "body must be a JSON object or an array of objects"}
+		return event.Errorf(event.InvalidEvents, "body must be a JSON object or an array of objects")
 	}
 }
 
@@ -241,7 +239,7 @@ func (h *Handler) decodeElement(b *batch, idx int, elem []byte) {
 func (b *batch) problem(idx int, field, msg string) {
 	b.problems++
 	if len(b.details) < maxDetails {
-		b.details = append(b.details, Detail{Index: idx, Field: field, Message: msg})
+		b.details = append(b.details, event.Problem{Index: idx, Field: field, Message: msg})
 	}
 }
 
@@ -308,9 +306,9 @@ func (b *batch) str(idx int, field string, raw []byte, intern *string) (string, 
 		return s, true
 	}
 	// An escape is 2 to 6 bytes for 1 to 3 bytes of text (a surrogate pair
-	// is 12 for 4): a string over this bound unescapes to over MaxFieldBytes.
-	if len(inner) > 6*MaxFieldBytes {
-		b.problem(idx, field, "must be at most "+strconv.Itoa(MaxFieldBytes)+" bytes")
+	// is 12 for 4): a string over this bound unescapes to over event.MaxFieldBytes.
+	if len(inner) > 6*event.MaxFieldBytes {
+		b.problem(idx, field, "must be at most "+strconv.Itoa(event.MaxFieldBytes)+" bytes")
 		return "", false
 	}
 	var s string
@@ -328,8 +326,8 @@ func (b *batch) name(idx int, field string, raw []byte, intern *string) string {
 		return ""
 	}
 	switch {
-	case len(s) > MaxFieldBytes:
-		b.problem(idx, field, "must be at most "+strconv.Itoa(MaxFieldBytes)+" bytes")
+	case len(s) > event.MaxFieldBytes:
+		b.problem(idx, field, "must be at most "+strconv.Itoa(event.MaxFieldBytes)+" bytes")
 	case strings.TrimSpace(s) == "":
 		b.problem(idx, field, "must not be empty")
 	case hasControl(s):

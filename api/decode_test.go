@@ -88,7 +88,7 @@ func FuzzPublish(f *testing.F) {
 	f.Add("{\"topic\":\"t\",\"event_id\":\"e\",\"timestamp\":\"2025-10-20T00:00:00Z\",\"source\":\"s\"}\n\n{}", true)
 	f.Add(`{"topic":"\u0000","event_id":"e","timestamp":"x","source":"s","payload":[]}`, false)
 
-	metrics := NewMetrics() // shared: a registry per input would dominate the run
+	metrics := mustMetrics(f) // shared: a registry per input would dominate the run
 	f.Fuzz(func(t *testing.T, body string, nd bool) {
 		fb := newFake()
 		h := New(fb, &Options{Metrics: metrics, MaxBatchEvents: 50, MaxPayloadDepth: 4, MaxPayloadBytes: 256, MaxBodyBytes: 1 << 16})
@@ -113,7 +113,7 @@ func FuzzPublish(f *testing.F) {
 		}
 		for _, e := range fb.log {
 			for _, s := range []string{e.Topic, e.EventID, e.Source} {
-				if strings.TrimSpace(s) == "" || len(s) > MaxFieldBytes || hasControl(s) || !utf8.ValidString(s) {
+				if strings.TrimSpace(s) == "" || len(s) > event.MaxFieldBytes || hasControl(s) || !utf8.ValidString(s) {
 					t.Fatalf("accepted bad field %q", s)
 				}
 			}
@@ -214,7 +214,7 @@ func FuzzEventsQuery(f *testing.F) {
 		f.Add(s)
 	}
 	fb := newFake()
-	h := New(fb, &Options{Metrics: NewMetrics()})
+	h := New(fb, &Options{Metrics: mustMetrics(f)})
 	var batch []any
 	for i := range 7 {
 		batch = append(batch, ev([]string{"a", "b"}[i%2], fmt.Sprint(i)))
@@ -237,7 +237,7 @@ func FuzzEventsQuery(f *testing.F) {
 			fb.mu.Lock()
 			q := fb.lastQuery
 			fb.mu.Unlock()
-			if q.Limit < 1 || q.Limit > MaxListLimit || len(q.Topic) > MaxFieldBytes || len(p.Events) > q.Limit {
+			if q.Limit < 1 || q.Limit > event.MaxListLimit || len(q.Topic) > event.MaxFieldBytes || len(p.Events) > q.Limit {
 				t.Fatalf("query %q: backend got %+v, reply has %d events", rawQuery, q, len(p.Events))
 			}
 		case http.StatusBadRequest:

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -12,65 +11,53 @@ import (
 	"github.com/aggregator-dev/aggregator/event"
 )
 
-// Detail is one problem of a rejected request: the index of the event in the
-// batch (0 for a single event; the count of non-blank lines before it for
-// NDJSON), the field, and what is wrong. Field is "" when the whole event is
-// wrong.
-type Detail struct {
-	Index   int    `json:"index"`
-	Field   string `json:"field"`
-	Message string `json:"message"`
-}
-
 // errorBody is the JSON body of every error reply.
 type errorBody struct {
-	Error   string   `json:"error"`
-	Details []Detail `json:"details"`
+	Error   string          `json:"error"`
+	Details []event.Problem `json:"details"`
 }
 
-// requestError is a rejection of the client's request with its status.
-type requestError struct {
-	status  int
-	msg     string
-	details []Detail
-}
-
-func (e *requestError) Error() string { return e.msg }
-
-func badRequest(msg string) *requestError {
-	return &requestError{status: http.StatusBadRequest, msg: msg}
-}
-
-// StatusOf maps an error to its HTTP status. It is the one place where
-// errors meet statuses.
+// StatusOf maps an error to its HTTP status, by its kind (event.KindOf). It
+// is the one place where errors meet statuses.
 func StatusOf(err error) int {
-	var re *requestError
-	switch {
-	case errors.As(err, &re):
-		return re.status
-	case errors.Is(err, event.ErrBadCursor):
+	switch event.KindOf(err) {
+	case event.Invalid:
 		return http.StatusBadRequest
-	case errors.Is(err, ErrOverloaded):
+	case event.InvalidEvents:
+		return http.StatusUnprocessableEntity
+	case event.TooLarge:
+		return http.StatusRequestEntityTooLarge
+	case event.Timeout:
+		return http.StatusRequestTimeout
+	case event.Unauthorized:
+		return http.StatusUnauthorized
+	case event.Forbidden:
+		return http.StatusForbidden
+	case event.NotFound:
+		return http.StatusNotFound
+	case event.MethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case event.Overloaded:
 		return http.StatusTooManyRequests
-	case errors.Is(err, ErrUnavailable):
-		return http.StatusServiceUnavailable
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		// The client went away or the server is shutting down; nothing was
-		// acknowledged.
+	case event.Unavailable:
 		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError
 	}
 }
 
-// fail writes the reply for err. Server errors are logged here, once.
+func badRequest(msg string) *event.Error { return &event.Error{Kind: event.Invalid, Message: msg} }
+
+// fail writes the reply for err: its status, its message (never for a
+// server error, whose text is logged here, once) and, for a refused
+// credential, the challenge. Refusals are logged at most once a second.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := StatusOf(err)
-	var details []Detail
 	msg := err.Error()
-	var re *requestError
-	if errors.As(err, &re) {
-		details = re.details
+	var details []event.Problem
+	var e *event.Error
+	if errors.As(err, &e) {
+		details = e.Problems
 	}
 	switch status {
 	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
@@ -80,6 +67,16 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		if ok, skipped := h.refusals.allow(time.Now()); ok {
 			h.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "status", status,
 				"err", err, "refusals_not_logged", skipped)
+		}
+	case http.StatusUnauthorized, http.StatusForbidden:
+		var ae *authError
+		if errors.As(err, &ae) {
+			w.Header().Set("WWW-Authenticate", ae.challenge)
+		}
+		if ok, skipped := h.denials.allow(time.Now()); ok {
+			// RemoteAddr is the peer; X-Forwarded-For is not trusted for anything.
+			h.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "status", status,
+				"remote", r.RemoteAddr, "reason", msg, "refusals_not_logged", skipped)
 		}
 	case http.StatusInternalServerError:
 		h.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
@@ -105,9 +102,9 @@ func (t *throttle) allow(now time.Time) (bool, int64) {
 	return true, t.skipped.Swap(0)
 }
 
-func writeError(w http.ResponseWriter, status int, msg string, details []Detail) {
+func writeError(w http.ResponseWriter, status int, msg string, details []event.Problem) {
 	if details == nil {
-		details = []Detail{}
+		details = []event.Problem{}
 	}
 	writeJSON(w, status, errorBody{Error: msg, Details: details})
 }

@@ -153,13 +153,13 @@ func errorReply(tb testing.TB, rec *httptest.ResponseRecorder) errorBody {
 	return e
 }
 
-func statsOf(tb testing.TB, h http.Handler) statsReply {
+func statsOf(tb testing.TB, h http.Handler) StatsReply {
 	tb.Helper()
 	rec := do(tb, h, http.MethodGet, "/stats", "", "")
 	if rec.Code != http.StatusOK {
 		tb.Fatalf("GET /stats = %d: %s", rec.Code, rec.Body.String())
 	}
-	var s statsReply
+	var s StatsReply
 	decodeReply(tb, rec, &s)
 	return s
 }

@@ -18,11 +18,11 @@ import (
 // hand the batch to the backend, which returns once it is durable.
 func (h *Handler) publish(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
 	start := time.Now()
-	if e := h.auth.check(r, scopePublish); e != nil {
+	if err := h.auth.check(r, scopePublish); err != nil {
 		// Refused before a byte of the body is read.
 		w.Header().Set("Connection", "close")
-		h.refuse(w, r, e)
-		h.metrics.observePublish(e.status, 0, time.Since(start))
+		h.fail(w, r, err)
+		h.metrics.observePublish(StatusOf(err), 0, time.Since(start))
 		return
 	}
 	b := h.pools.get()
@@ -66,7 +66,7 @@ func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (s
 }
 
 // errBusy is the refusal of a publish request that found no free slot.
-var errBusy = fmt.Errorf("too many publish requests in flight: %w", ErrOverloaded)
+var errBusy = fmt.Errorf("too many publish requests in flight: %w", event.ErrOverloaded)
 
 // acquire takes a slot on the write path, waiting up to InflightWait for one;
 // release gives it back.
@@ -104,26 +104,23 @@ type eventsReply struct {
 	NextCursor *string        `json:"next_cursor"`
 }
 
-// maxCursorBytes bounds the cursor parameter; the index's cursors are short.
-const maxCursorBytes = 1024
-
 // events serves GET /events?topic=&limit=&cursor=.
 func (h *Handler) events(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
 	qs := r.URL.Query()
-	q := event.ListQuery{Topic: qs.Get("topic"), Cursor: qs.Get("cursor"), Limit: DefaultListLimit}
+	q := event.ListQuery{Topic: qs.Get("topic"), Cursor: qs.Get("cursor"), Limit: event.DefaultListLimit}
 	if s := qs.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > MaxListLimit {
-			h.fail(w, r, badRequest("limit must be an integer from 1 to "+strconv.Itoa(MaxListLimit)))
+		if err != nil || n < 1 || n > event.MaxListLimit {
+			h.fail(w, r, badRequest("limit must be an integer from 1 to "+strconv.Itoa(event.MaxListLimit)))
 			return
 		}
 		q.Limit = n
 	}
-	if len(q.Topic) > MaxFieldBytes {
-		h.fail(w, r, badRequest("topic must be at most "+strconv.Itoa(MaxFieldBytes)+" bytes"))
+	if len(q.Topic) > event.MaxFieldBytes {
+		h.fail(w, r, badRequest("topic must be at most "+strconv.Itoa(event.MaxFieldBytes)+" bytes"))
 		return
 	}
-	if len(q.Cursor) > maxCursorBytes {
+	if len(q.Cursor) > event.MaxCursorBytes {
 		h.fail(w, r, badRequest("bad cursor"))
 		return
 	}
@@ -154,8 +151,9 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request, _ httprouter.Pa
 	writeBody(w, http.StatusOK, buf.Bytes())
 }
 
-// statsReply is the body of GET /stats.
-type statsReply struct {
+// StatsReply is the body of GET /stats (clients of the API, such as the load
+// generator and the tests, decode it with this type).
+type StatsReply struct {
 	Received         uint64            `json:"received"`
 	UniqueProcessed  uint64            `json:"unique_processed"`
 	DuplicateDropped uint64            `json:"duplicate_dropped"`
@@ -179,7 +177,7 @@ func (h *Handler) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 		topics = append(topics, t)
 	}
 	slices.Sort(topics)
-	reply := statsReply{
+	reply := StatsReply{
 		Received:         st.Received,
 		UniqueProcessed:  st.Unique,
 		DuplicateDropped: st.Duplicates,

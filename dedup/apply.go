@@ -52,75 +52,19 @@ func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
 	if s.closed.Load() {
 		return ApplyResult{}, ErrClosed
 	}
-	cp := s.checkpoint.Load()
-	res := ApplyResult{Checkpoint: cp}
-	if len(entries) == 0 {
-		return res, nil
+	res := ApplyResult{Checkpoint: s.checkpoint.Load()}
+	work, err := unapplied(entries, res.Checkpoint)
+	res.Skipped = len(entries) - len(work)
+	if err != nil || len(work) == 0 {
+		return res, err
 	}
-	if entries[0].Offset > cp+1 {
-		return res, fmt.Errorf("%w: first offset %d after checkpoint %d", ErrOutOfOrder, entries[0].Offset, cp)
-	}
-	for i := 1; i < len(entries); i++ {
-		if entries[i].Offset != entries[i-1].Offset+1 {
-			return res, fmt.Errorf("%w: offset %d follows %d", ErrOutOfOrder, entries[i].Offset, entries[i-1].Offset)
-		}
-	}
-	skip := int(min(cp+1-entries[0].Offset, uint64(len(entries))))
-	res.Skipped = skip
-	work := entries[skip:]
-	if len(work) == 0 {
-		return res, nil
-	}
-
 	c := newChunk(work, s.k)
 	c.testBloom(s.bloom)
-	var (
-		runs    = s.runs
-		nextRun = s.nextRun
-	)
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		probe, err := probeOrder(tx, runs)
-		if err != nil {
-			return err
-		}
-		c.classify(probe)
-		if err := c.write(tx); err != nil {
-			return err
-		}
-		if len(c.fresh) > 0 {
-			r, err := s.writeRun(tx, c, nextRun)
-			if err != nil {
-				return err
-			}
-			runs = append(runs[:len(runs):len(runs)], r)
-			if runs, nextRun, err = s.compact(tx, runs, nextRun+1); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if err := meta.Put(metaNextRun, putU64(nextRun)); err != nil {
-			return fmt.Errorf("write next run: %w", err)
-		}
-		for _, kv := range []struct {
-			key   []byte
-			delta int
-		}{{metaUnique, len(c.fresh)}, {metaDuplicates, c.dups}, {metaMalformed, c.malformed}} {
-			if kv.delta == 0 {
-				continue
-			}
-			if err := meta.Put(kv.key, putU64(u64(meta.Get(kv.key))+uint64(kv.delta))); err != nil {
-				return fmt.Errorf("write counter: %w", err)
-			}
-		}
-		if err := meta.Put(metaCheckpoint, putU64(work[len(work)-1].Offset)); err != nil {
-			return fmt.Errorf("write checkpoint: %w", err)
-		}
-		if s.opts.FailCommit != nil {
-			if err := s.opts.FailCommit(); err != nil {
-				return err
-			}
-		}
-		return nil
+	runs, nextRun := s.runs, s.nextRun
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		runs, nextRun, err = s.commitChunk(tx, c, runs, nextRun)
+		return err
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
@@ -128,7 +72,91 @@ func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
 		}
 		return res, fmt.Errorf("commit chunk: %w", err)
 	}
+	s.committed(c, runs, nextRun)
+	res.Unique, res.Duplicates, res.Malformed = len(c.fresh), c.dups, c.malformed
+	res.Checkpoint = s.checkpoint.Load()
+	return res, nil
+}
 
+// unapplied checks that entries are consecutive offsets starting at most at
+// checkpoint+1, and returns those above the checkpoint.
+func unapplied(entries []Entry, checkpoint uint64) ([]Entry, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	if entries[0].Offset > checkpoint+1 {
+		return nil, fmt.Errorf("%w: first offset %d after checkpoint %d", ErrOutOfOrder, entries[0].Offset, checkpoint)
+	}
+	for i := 1; i < len(entries); i++ {
+		if entries[i].Offset != entries[i-1].Offset+1 {
+			return nil, fmt.Errorf("%w: offset %d follows %d", ErrOutOfOrder, entries[i].Offset, entries[i-1].Offset)
+		}
+	}
+	skip := int(min(checkpoint+1-entries[0].Offset, uint64(len(entries))))
+	return entries[skip:], nil
+}
+
+// commitChunk writes every effect of chunk c in tx: the new events, the
+// seen set's new run (and the merges it completes), the counters and the
+// checkpoint. It returns the run list and next run id after it.
+func (s *Store) commitChunk(tx *bolt.Tx, c *chunk, runs []runInfo, nextRun uint64) ([]runInfo, uint64, error) {
+	probe, err := probeOrder(tx, runs)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.classify(probe)
+	if err := c.write(tx); err != nil {
+		return nil, 0, err
+	}
+	if len(c.fresh) > 0 {
+		r, err := s.writeRun(tx, c, nextRun)
+		if err != nil {
+			return nil, 0, err
+		}
+		runs = append(runs[:len(runs):len(runs)], r)
+		if runs, nextRun, err = s.compact(tx, runs, nextRun+1); err != nil {
+			return nil, 0, err
+		}
+	}
+	if err := c.writeMeta(tx, nextRun); err != nil {
+		return nil, 0, err
+	}
+	if s.opts.failCommit != nil {
+		if err := s.opts.failCommit(); err != nil {
+			return nil, 0, err
+		}
+	}
+	return runs, nextRun, nil
+}
+
+// writeMeta adds the chunk's counts to the lifetime counters and moves the
+// checkpoint to its last entry.
+func (c *chunk) writeMeta(tx *bolt.Tx, nextRun uint64) error {
+	meta := tx.Bucket(bucketMeta)
+	if err := meta.Put(metaNextRun, putU64(nextRun)); err != nil {
+		return fmt.Errorf("write next run: %w", err)
+	}
+	for _, kv := range []struct {
+		key   []byte
+		delta int
+	}{{metaUnique, len(c.fresh)}, {metaDuplicates, c.dups}, {metaMalformed, c.malformed}} {
+		if kv.delta == 0 {
+			continue
+		}
+		if err := meta.Put(kv.key, putU64(u64(meta.Get(kv.key))+uint64(kv.delta))); err != nil {
+			return fmt.Errorf("write counter: %w", err)
+		}
+	}
+	if err := meta.Put(metaCheckpoint, putU64(c.work[len(c.work)-1].Offset)); err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	return nil
+}
+
+// committed makes a committed chunk's effects visible in memory: the runs,
+// the filters, the key count and the checkpoint; it starts a filter rebuild
+// when the keys outgrew the front filter.
+func (s *Store) committed(c *chunk, runs []runInfo, nextRun uint64) {
 	s.runs, s.nextRun = runs, nextRun
 	s.setRunBits()
 	newKeys := make([][]byte, len(c.fresh))
@@ -138,13 +166,11 @@ func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
 	}
 	s.bloom.addAll(newKeys, newLocs)
 	keys := s.keys.Add(uint64(len(newKeys)))
-	s.checkpoint.Store(work[len(work)-1].Offset)
+	s.topics.Add(uint64(c.newTopics))
+	s.checkpoint.Store(c.work[len(c.work)-1].Offset)
 	if uint(keys) > s.bloom.capacityNow() && !s.closed.Load() {
 		s.startGrow(uint(keys) * 2)
 	}
-	res.Unique, res.Duplicates, res.Malformed = len(c.fresh), c.dups, c.malformed
-	res.Checkpoint = s.checkpoint.Load()
-	return res, nil
 }
 
 // chunk is the working state of one Apply.
@@ -157,6 +183,7 @@ type chunk struct {
 	fresh     []int      // indices of new entries, sorted by key
 	dups      int
 	malformed int
+	newTopics int // topics that got their first event
 }
 
 func newChunk(work []Entry, k uint) *chunk {
@@ -267,7 +294,11 @@ func (c *chunk) write(tx *bolt.Tx) error {
 				return fmt.Errorf("put event: %w", err)
 			}
 		}
-		n := u64(topics.Get([]byte(topic))) + uint64(end-start)
+		old := topics.Get([]byte(topic))
+		if old == nil {
+			c.newTopics++
+		}
+		n := u64(old) + uint64(end-start)
 		if err := topics.Put([]byte(topic), putU64(n)); err != nil {
 			return fmt.Errorf("put topic count: %w", err)
 		}

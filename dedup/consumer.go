@@ -9,16 +9,24 @@ import (
 	"time"
 
 	"github.com/aggregator-dev/aggregator/event"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Source is the log the consumer tails; *wal.Log satisfies it.
+// Source is the log the consumer tails: the local write-ahead log
+// (*wal.Log) or, in cluster mode, a replicated stream. Offsets are
+// contiguous from FirstOffset to LastOffset.
 type Source interface {
-	// Wait returns nil as soon as the log holds an offset > after.
+	// Wait returns nil as soon as the log holds an offset > after, and
+	// ctx.Err() when ctx ends first.
 	Wait(ctx context.Context, after uint64) error
-	// Read calls fn in offset order for up to max records from offset from.
-	Read(from uint64, max int, fn func(offset uint64, data []byte) error) error
-	// TruncateFront frees the records below offset.
+	// Read calls fn in offset order for up to limit records from offset
+	// from, stopping at the last offset there is.
+	Read(from uint64, limit int, fn func(offset uint64, data []byte) error) error
+	// TruncateFront tells the log that the records below offset are applied
+	// and may be freed.
 	TruncateFront(offset uint64) error
+	// LastOffset returns the offset of the last record, 0 when none.
+	LastOffset() uint64
 }
 
 // Consumer defaults.
@@ -44,24 +52,29 @@ type ConsumerOptions struct {
 	RetryMin, RetryMax time.Duration
 	// Logger receives operational messages (nil discards them).
 	Logger *slog.Logger
-	// OnApply, when set, is called after each committed chunk (metrics).
-	OnApply func(entries, unique, duplicates int, took time.Duration)
-	// BeforeApply is a test seam: when set, it is called before each attempt
-	// to apply a chunk, with the chunk's size; a slow function slows the
-	// consumer down.
-	BeforeApply func(entries int)
+	// Registerer, when set, gets the consumer's metrics: chunk apply time
+	// and size, unique and duplicate events, and the lag behind the source
+	// (aggregator_consumer_*, aggregator_events_unique_total,
+	// aggregator_events_duplicate_total).
+	Registerer prometheus.Registerer
 
-	// afterApply is this package's crash seam: called after a commit, before
-	// the log is truncated; a non-nil error stops the consumer right there.
-	afterApply func(checkpoint uint64) error
+	// Test hooks, set by this package's tests: onApply is called after each
+	// committed chunk; beforeApply before each attempt to apply a chunk, with
+	// its size (a slow function slows the consumer down); afterApply after a
+	// commit, before the log is truncated, and a non-nil error stops the
+	// consumer right there (the crash seam).
+	onApply     func(entries, unique, duplicates int, took time.Duration)
+	beforeApply func(entries int)
+	afterApply  func(checkpoint uint64) error
 }
 
 // Consumer tails a Source and applies its records to a Store in chunks.
 type Consumer struct {
-	s    *Store
-	src  Source
-	opts ConsumerOptions
-	log  *slog.Logger
+	s       *Store
+	src     Source
+	opts    ConsumerOptions
+	log     *slog.Logger
+	metrics *consumerMetrics
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -73,8 +86,9 @@ type Consumer struct {
 	lastErr atomic.Pointer[error]
 }
 
-// NewConsumer returns a consumer of src into s; Start starts it.
-func NewConsumer(s *Store, src Source, opts *ConsumerOptions) *Consumer {
+// NewConsumer returns a consumer of src into s; Start starts it. It fails
+// only when its metrics cannot be registered.
+func NewConsumer(s *Store, src Source, opts *ConsumerOptions) (*Consumer, error) {
 	var o ConsumerOptions
 	if opts != nil {
 		o = *opts
@@ -95,8 +109,12 @@ func NewConsumer(s *Store, src Source, opts *ConsumerOptions) *Consumer {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	m, err := newConsumerMetrics(o.Registerer, s, src)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Consumer{s: s, src: src, opts: o, log: logger, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	return &Consumer{s: s, src: src, opts: o, log: logger, metrics: m, ctx: ctx, cancel: cancel, done: make(chan struct{})}, nil
 }
 
 // Start starts the tailing goroutine, which resumes at s.Checkpoint()+1.
@@ -181,8 +199,8 @@ func (c *Consumer) run() {
 				continue
 			}
 		}
-		if c.opts.BeforeApply != nil {
-			c.opts.BeforeApply(len(chunk))
+		if c.opts.beforeApply != nil {
+			c.opts.beforeApply(len(chunk))
 		}
 		start := time.Now()
 		res, err := c.s.Apply(chunk)
@@ -203,8 +221,9 @@ func (c *Consumer) run() {
 		n := len(chunk)
 		chunk, backoff = nil, 0
 		c.setErr(nil)
-		if c.opts.OnApply != nil {
-			c.opts.OnApply(n, res.Unique, res.Duplicates, took)
+		c.metrics.applied(n, res.Unique, res.Duplicates, took)
+		if c.opts.onApply != nil {
+			c.opts.onApply(n, res.Unique, res.Duplicates, took)
 		}
 		if c.opts.afterApply != nil {
 			if err := c.opts.afterApply(res.Checkpoint); err != nil {

@@ -9,12 +9,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggregator-dev/aggregator/internal/poll"
+
 	"github.com/aggregator-dev/aggregator/event"
 )
 
+// mustConsumer returns a consumer of src into s, not started.
+func mustConsumer(tb testing.TB, s *Store, src Source, opts *ConsumerOptions) *Consumer {
+	tb.Helper()
+	c, err := NewConsumer(s, src, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
 func startConsumer(tb testing.TB, s *Store, src Source, opts *ConsumerOptions) *Consumer {
 	tb.Helper()
-	c := NewConsumer(s, src, opts)
+	c := mustConsumer(tb, s, src, opts)
 	c.Start()
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
@@ -31,17 +43,17 @@ func TestConsumerAppliesInChunksAndTruncates(t *testing.T) {
 	var mu sync.Mutex
 	var sizes []int
 	total := 0
-	startConsumer(t, s, log, &ConsumerOptions{ChunkEntries: 10, OnApply: func(n, u, d int, _ time.Duration) {
+	startConsumer(t, s, log, &ConsumerOptions{ChunkEntries: 10, onApply: func(n, u, d int, _ time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		sizes = append(sizes, n)
 		total += n
 		if u+d != n {
-			t.Errorf("OnApply: %d unique + %d duplicates != %d entries", u, d, n)
+			t.Errorf("onApply: %d unique + %d duplicates != %d entries", u, d, n)
 		}
 	}})
-	waitFor(t, "checkpoint 95", func() bool { return s.Checkpoint() == 95 })
-	waitFor(t, "truncation", func() bool { return log.front() == 96 })
+	poll.Until(t, 20*time.Second, "checkpoint 95", func() bool { return s.Checkpoint() == 95 })
+	poll.Until(t, 20*time.Second, "truncation", func() bool { return log.front() == 96 })
 	st := mustStats(t, s)
 	if st.Unique != 60 || st.Duplicates != 35 {
 		t.Fatalf("stats %+v", st)
@@ -65,7 +77,7 @@ func TestConsumerWakesOnAppend(t *testing.T) {
 	startConsumer(t, s, log, &ConsumerOptions{ChunkDelay: -1})
 	for i := range 5 {
 		last := log.appendEvents(ev("t", fmt.Sprint(i), baseTime))
-		waitFor(t, "the append to be applied", func() bool { return s.Checkpoint() == last })
+		poll.Until(t, 20*time.Second, "the append to be applied", func() bool { return s.Checkpoint() == last })
 	}
 	log.mu.Lock()
 	reads := log.reads
@@ -81,11 +93,11 @@ func TestConsumerChunkDelayGathers(t *testing.T) {
 	log := newFakeLog()
 	var chunks atomic.Int32
 	startConsumer(t, s, log, &ConsumerOptions{ChunkEntries: 100, ChunkDelay: 10 * time.Second,
-		OnApply: func(int, int, int, time.Duration) { chunks.Add(1) }})
+		onApply: func(int, int, int, time.Duration) { chunks.Add(1) }})
 	for i := range 100 { // trickle: all land in one chunk, which fills up
 		log.appendEvents(ev("t", fmt.Sprint(i), baseTime))
 	}
-	waitFor(t, "checkpoint 100", func() bool { return s.Checkpoint() == 100 })
+	poll.Until(t, 20*time.Second, "checkpoint 100", func() bool { return s.Checkpoint() == 100 })
 	if n := chunks.Load(); n != 1 {
 		t.Fatalf("%d chunks, want 1", n)
 	}
@@ -98,7 +110,7 @@ func TestConsumerResumesAtCheckpoint(t *testing.T) {
 		log.appendEvents(ev("t", fmt.Sprint(i), baseTime))
 	}
 	c := startConsumer(t, s, log, &ConsumerOptions{ChunkEntries: 8})
-	waitFor(t, "checkpoint 50", func() bool { return s.Checkpoint() == 50 })
+	poll.Until(t, 20*time.Second, "checkpoint 50", func() bool { return s.Checkpoint() == 50 })
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +125,7 @@ func TestConsumerResumesAtCheckpoint(t *testing.T) {
 	}
 	s = mustOpenPath(t, path, nil)
 	startConsumer(t, s, log2, nil)
-	waitFor(t, "checkpoint 60", func() bool { return s.Checkpoint() == 60 })
+	poll.Until(t, 20*time.Second, "checkpoint 60", func() bool { return s.Checkpoint() == 60 })
 	log2.mu.Lock()
 	minRead := log2.minRead
 	log2.mu.Unlock()
@@ -132,7 +144,7 @@ func TestConsumerCountsUndecodableRecords(t *testing.T) {
 	log.append([]byte("not an event"))
 	last := log.appendEvents(ev("t", "2", baseTime))
 	startConsumer(t, s, log, nil)
-	waitFor(t, "checkpoint", func() bool { return s.Checkpoint() == last })
+	poll.Until(t, 20*time.Second, "checkpoint", func() bool { return s.Checkpoint() == last })
 	if st := mustStats(t, s); st.Unique != 2 || st.Malformed != 1 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -147,7 +159,7 @@ func TestConsumerRetriesFailedCommitWithBackoff(t *testing.T) {
 		attempts []time.Time
 	)
 	full.Store(true)
-	s, _ := mustOpen(t, &Options{FailCommit: func() error {
+	s, _ := mustOpen(t, &Options{failCommit: func() error {
 		mu.Lock()
 		attempts = append(attempts, time.Now())
 		mu.Unlock()
@@ -160,7 +172,7 @@ func TestConsumerRetriesFailedCommitWithBackoff(t *testing.T) {
 	last := log.appendEvents(ev("t", "1", baseTime), ev("t", "2", baseTime), ev("t", "1", baseTime))
 	const retryMin, retryMax = 2 * time.Millisecond, 40 * time.Millisecond
 	c := startConsumer(t, s, log, &ConsumerOptions{RetryMin: retryMin, RetryMax: retryMax})
-	waitFor(t, "six failed attempts", func() bool { mu.Lock(); defer mu.Unlock(); return len(attempts) >= 6 })
+	poll.Until(t, 20*time.Second, "six failed attempts", func() bool { mu.Lock(); defer mu.Unlock(); return len(attempts) >= 6 })
 	if err := c.Err(); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("Err() = %v, want ENOSPC", err)
 	}
@@ -168,7 +180,7 @@ func TestConsumerRetriesFailedCommitWithBackoff(t *testing.T) {
 		t.Fatalf("checkpoint %d, log front %d while the disk is full", s.Checkpoint(), log.front())
 	}
 	full.Store(false)
-	waitFor(t, "recovery", func() bool { return s.Checkpoint() == last })
+	poll.Until(t, 20*time.Second, "recovery", func() bool { return s.Checkpoint() == last })
 	if err := c.Err(); err != nil {
 		t.Fatalf("Err() after recovery = %v", err)
 	}
@@ -194,16 +206,16 @@ func TestConsumerRetriesFailedRead(t *testing.T) {
 	log.readErr = errors.New("disk on fire")
 	last := log.appendEvents(ev("t", "1", baseTime))
 	c := startConsumer(t, s, log, &ConsumerOptions{RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond})
-	waitFor(t, "a failed read", func() bool { return c.Err() != nil })
+	poll.Until(t, 20*time.Second, "a failed read", func() bool { return c.Err() != nil })
 	log.mu.Lock()
 	log.readErr = nil
 	log.mu.Unlock()
-	waitFor(t, "recovery", func() bool { return s.Checkpoint() == last })
+	poll.Until(t, 20*time.Second, "recovery", func() bool { return s.Checkpoint() == last })
 }
 
 func TestConsumerCloseHarmless(t *testing.T) {
 	s, _ := mustOpen(t, nil)
-	c := NewConsumer(s, newFakeLog(), nil)
+	c := mustConsumer(t, s, newFakeLog(), nil)
 	if err := c.Close(); err != nil { // never started
 		t.Fatal(err)
 	}
@@ -226,9 +238,9 @@ func TestConsumerBeforeApplySeam(t *testing.T) {
 	s, _ := mustOpen(t, nil)
 	log := newFakeLog()
 	gate := make(chan struct{})
-	startConsumer(t, s, log, &ConsumerOptions{BeforeApply: func(int) { <-gate }})
+	startConsumer(t, s, log, &ConsumerOptions{beforeApply: func(int) { <-gate }})
 	last := log.appendEvents(ev("t", "1", baseTime))
 	gate <- struct{}{} // the consumer reached the seam with the chunk
-	waitFor(t, "apply after the seam", func() bool { return s.Checkpoint() == last })
+	poll.Until(t, 20*time.Second, "apply after the seam", func() bool { return s.Checkpoint() == last })
 	close(gate)
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggregator-dev/aggregator/internal/poll"
+
 	"github.com/aggregator-dev/aggregator/event"
 )
 
@@ -55,11 +57,11 @@ func (g *genLog) Wait(ctx context.Context, after uint64) error {
 	return ctx.Err()
 }
 
-func (g *genLog) Read(from uint64, max int, fn func(uint64, []byte) error) error {
+func (g *genLog) Read(from uint64, limit int, fn func(uint64, []byte) error) error {
 	if from < g.first {
 		return fmt.Errorf("gen log: read %d below front %d", from, g.first)
 	}
-	for i := from; i <= g.n && i < from+uint64(max); i++ {
+	for i := from; i <= g.n && i < from+uint64(limit); i++ {
 		e := genEvent(i)
 		if err := fn(i, e.AppendBinary(nil)); err != nil {
 			return err
@@ -67,6 +69,8 @@ func (g *genLog) Read(from uint64, max int, fn func(uint64, []byte) error) error
 	}
 	return nil
 }
+
+func (g *genLog) LastOffset() uint64 { return g.n }
 
 func (g *genLog) TruncateFront(offset uint64) error {
 	g.first = max(g.first, offset)
@@ -80,7 +84,7 @@ func crashOptions(dir, point string, at int) (*Options, *ConsumerOptions) {
 	co := &ConsumerOptions{ChunkEntries: crashChunk, ChunkDelay: -1}
 	switch point {
 	case "before-commit": // everything written into the transaction, commit not begun
-		o.FailCommit = func() error {
+		o.failCommit = func() error {
 			if commits++; commits == at {
 				kill()
 			}
@@ -117,7 +121,11 @@ func crashHelper() int {
 		return 2
 	}
 	src := &genLog{n: crashRecords, first: 1}
-	c := NewConsumer(s, src, co)
+	c, err := NewConsumer(s, src, co)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "consumer:", err)
+		return 2
+	}
 	c.Start()
 	deadline := time.Now().Add(30 * time.Second)
 	for s.Checkpoint() < crashRecords && time.Now().Before(deadline) {
@@ -184,9 +192,9 @@ func TestCrashPoints(t *testing.T) {
 			expectState(t, s, cp)
 			// Resume: the consumer starts at cp+1 and finishes exactly.
 			src := &genLog{n: crashRecords, first: cp + 1}
-			c := NewConsumer(s, src, &ConsumerOptions{ChunkEntries: crashChunk})
+			c := mustConsumer(t, s, src, &ConsumerOptions{ChunkEntries: crashChunk})
 			c.Start()
-			waitFor(t, "the consumer to catch up", func() bool { return s.Checkpoint() == crashRecords })
+			poll.Until(t, 20*time.Second, "the consumer to catch up", func() bool { return s.Checkpoint() == crashRecords })
 			if err := c.Close(); err != nil {
 				t.Fatal(err)
 			}

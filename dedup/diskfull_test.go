@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggregator-dev/aggregator/internal/poll"
+
 	"github.com/aggregator-dev/aggregator/event"
 )
 
@@ -61,10 +63,10 @@ func TestRealDiskFull(t *testing.T) {
 		evs = append(evs, ev(fmt.Sprintf("t%d", i%4), fmt.Sprint(i%2500), baseTime.Add(time.Duration(i)*time.Second)))
 	}
 	last := log.appendEvents(evs...)
-	c := NewConsumer(s, log, &ConsumerOptions{ChunkEntries: 500, RetryMin: time.Millisecond, RetryMax: 20 * time.Millisecond})
+	c := mustConsumer(t, s, log, &ConsumerOptions{ChunkEntries: 500, RetryMin: time.Millisecond, RetryMax: 20 * time.Millisecond})
 	c.Start()
 	defer c.Close()
-	waitFor(t, "a failed commit", func() bool { return errors.Is(c.Err(), syscall.ENOSPC) })
+	poll.Until(t, 20*time.Second, "a failed commit", func() bool { return errors.Is(c.Err(), syscall.ENOSPC) })
 	if cp := s.Checkpoint(); cp == last {
 		t.Fatalf("everything applied on a full disk")
 	}
@@ -75,7 +77,7 @@ func TestRealDiskFull(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "recovery after space is back", func() bool { return s.Checkpoint() == last })
+	poll.Until(t, 20*time.Second, "recovery after space is back", func() bool { return s.Checkpoint() == last })
 	if st := mustStats(t, s); st.Unique != 2500 || st.Duplicates != 500 {
 		t.Fatalf("after recovery: %+v", st)
 	}

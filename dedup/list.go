@@ -12,16 +12,6 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// Page size bounds for List.
-const (
-	// DefaultListLimit is the page size when ListQuery.Limit <= 0.
-	DefaultListLimit = 100
-	// MaxListLimit caps ListQuery.Limit.
-	MaxListLimit = 10000
-	// maxCursorLen bounds the length of a cursor string List accepts.
-	maxCursorLen = 4096
-)
-
 // Cursor layout (before base64url without padding):
 //
 //	version (1) | kind (kindTopic or kindAll) | uvarint len(topic) | topic | idx key (20 bytes)
@@ -52,7 +42,7 @@ func encodeCursor(c cursor) string {
 // decodeCursor parses a cursor made by encodeCursor. Every failure wraps
 // event.ErrBadCursor.
 func decodeCursor(s string) (cursor, error) {
-	if len(s) > maxCursorLen {
+	if len(s) > event.MaxCursorBytes {
 		return cursor{}, fmt.Errorf("%w: too long", event.ErrBadCursor)
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
@@ -88,9 +78,9 @@ func (s *Store) List(q event.ListQuery) (event.Page, error) {
 	}
 	limit := q.Limit
 	if limit <= 0 {
-		limit = DefaultListLimit
+		limit = event.DefaultListLimit
 	}
-	limit = min(limit, MaxListLimit)
+	limit = min(limit, event.MaxListLimit)
 	var after *cursor
 	if q.Cursor != "" {
 		c, err := decodeCursor(q.Cursor)

@@ -92,9 +92,9 @@ func TestListAllTopicsOrder(t *testing.T) {
 
 func TestListLimitDefaults(t *testing.T) {
 	s, _ := mustOpen(t, nil)
-	fillRandom(t, s, DefaultListLimit+5, []string{"t"}, 3)
+	fillRandom(t, s, event.DefaultListLimit+5, []string{"t"}, 3)
 	p, err := s.List(event.ListQuery{Topic: "t"})
-	if err != nil || len(p.Events) != DefaultListLimit || p.NextCursor == "" {
+	if err != nil || len(p.Events) != event.DefaultListLimit || p.NextCursor == "" {
 		t.Fatalf("default limit: %d events, cursor %q, %v", len(p.Events), p.NextCursor, err)
 	}
 }
@@ -135,7 +135,7 @@ func TestListBadCursor(t *testing.T) {
 	if err != nil || pall.NextCursor == "" {
 		t.Fatalf("page of all: %+v %v", pall, err)
 	}
-	long := make([]byte, maxCursorLen+1)
+	long := make([]byte, event.MaxCursorBytes+1)
 	for i := range long {
 		long[i] = 'A'
 	}

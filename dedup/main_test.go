@@ -108,18 +108,6 @@ func listAll(tb testing.TB, s *Store, topic string, limit int) []event.Stored {
 	}
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // fakeLog is an in-memory Source with the contract of *wal.Log: offsets
 // from 1, Wait wakes on append, Read refuses offsets below the front.
 type fakeLog struct {
@@ -179,7 +167,7 @@ func (l *fakeLog) Wait(ctx context.Context, after uint64) error {
 	}
 }
 
-func (l *fakeLog) Read(from uint64, max int, fn func(uint64, []byte) error) error {
+func (l *fakeLog) Read(from uint64, limit int, fn func(uint64, []byte) error) error {
 	l.mu.Lock()
 	l.reads++
 	if l.readErr != nil {
@@ -196,7 +184,7 @@ func (l *fakeLog) Read(from uint64, max int, fn func(uint64, []byte) error) erro
 		return fmt.Errorf("fake log: read %d outside [%d, %d]", from, l.first, last+1)
 	}
 	recs := l.recs[from-l.first:]
-	recs = recs[:min(len(recs), max)]
+	recs = recs[:min(len(recs), limit)]
 	l.mu.Unlock()
 	for i, r := range recs {
 		if err := fn(from+uint64(i), r); err != nil {
@@ -205,6 +193,8 @@ func (l *fakeLog) Read(from uint64, max int, fn func(uint64, []byte) error) erro
 	}
 	return nil
 }
+
+func (l *fakeLog) LastOffset() uint64 { return l.last() }
 
 func (l *fakeLog) TruncateFront(offset uint64) error {
 	l.mu.Lock()

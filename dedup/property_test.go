@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggregator-dev/aggregator/internal/poll"
+
 	"github.com/aggregator-dev/aggregator/event"
 )
 
@@ -41,7 +43,7 @@ func runInterleaving(t *testing.T, seed uint64) {
 	opts := &Options{ExpectedKeys: uint(8 + rng.IntN(64)), rebuildBatch: 1 + rng.IntN(20),
 		fanout: 2 + rng.IntN(3), blockTarget: 16 + rng.IntN(200),
 		noSync: true, // crashes here are in-process: durability is TestCrashPoints' job
-		FailCommit: func() error {
+		failCommit: func() error {
 			if failCommits.Load() {
 				failed.Add(1)
 				return errors.New("injected commit failure")
@@ -63,7 +65,7 @@ func runInterleaving(t *testing.T, seed uint64) {
 			t.Fatalf("Open: %v", err)
 		}
 		check(s) // before the consumer moves on
-		c := NewConsumer(s, log, copts)
+		c := mustConsumer(t, s, log, copts)
 		c.Start()
 		return s, c
 	}
@@ -114,7 +116,7 @@ func runInterleaving(t *testing.T, seed uint64) {
 			case 0: // commits fail: crash before commit
 				failCommits.Store(true)
 				if s.Checkpoint() < log.last() {
-					waitFor(t, "a failed commit", func() bool { return failed.Load() > 0 || s.Checkpoint() == log.last() })
+					poll.Until(t, 20*time.Second, "a failed commit", func() bool { return failed.Load() > 0 || s.Checkpoint() == log.last() })
 				}
 			case 1: // crash after a commit, before truncation
 				stopAfter.Store(true)
@@ -143,7 +145,7 @@ func runInterleaving(t *testing.T, seed uint64) {
 		}
 	}
 	last := log.last()
-	waitFor(t, "the consumer to catch up", func() bool { return s.Checkpoint() == last })
+	poll.Until(t, 20*time.Second, "the consumer to catch up", func() bool { return s.Checkpoint() == last })
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}

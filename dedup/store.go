@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/bits-and-blooms/bloom/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -76,13 +77,17 @@ type Options struct {
 	// Logger receives operational messages (nil discards them).
 	Logger *slog.Logger
 
-	// FailCommit is a test seam: when set, it is called inside every Apply
-	// transaction just before the commit, and a non-nil error aborts the
-	// transaction as a failed write would (use it to simulate a full disk:
-	// return syscall.ENOSPC). Apply then returns the error wrapped.
-	FailCommit func() error
+	// Registerer, when set, gets the index's metrics (aggregator_dedup_keys,
+	// aggregator_topics, aggregator_consumer_checkpoint).
+	Registerer prometheus.Registerer
 
-	// Unexported seams for this package's tests and benchmarks.
+	// Test hooks, set by this package's tests and benchmarks.
+	//
+	// failCommit is called inside every Apply transaction just before the
+	// commit, and a non-nil error aborts the transaction as a failed write
+	// would (return syscall.ENOSPC to act like a full disk); Apply then
+	// returns the error wrapped.
+	failCommit    func() error
 	noSync        bool                               // skip fdatasync (benchmark fixtures only)
 	blockTarget   int                                // key bytes per seen-set block (default defaultBlockTarget)
 	fanout        int                                // runs merged together (default defaultFanout)
@@ -117,6 +122,7 @@ type Store struct {
 	applyMu    sync.Mutex // serialises Apply and the start of a rebuild
 	checkpoint atomic.Uint64
 	keys       atomic.Uint64 // stored keys (= unique); written under applyMu
+	topics     atomic.Uint64 // topics with a stored event; written under applyMu
 	runs       []runInfo     // runs of the seen set, oldest first; guarded by applyMu
 	nextRun    uint64        // id of the next run; guarded by applyMu
 	bloom      *guardedFilter
@@ -138,32 +144,7 @@ type Store struct {
 // Apply: from the snapshot the last Close wrote when it covers the current
 // checkpoint, else by scanning the stored keys (after a crash).
 func Open(path string, opts *Options) (*Store, error) {
-	var o Options
-	if opts != nil {
-		o = *opts
-	}
-	if o.ExpectedKeys == 0 {
-		o.ExpectedKeys = DefaultExpectedKeys
-	}
-	if o.FalsePositiveRate <= 0 || o.FalsePositiveRate > 0.5 {
-		o.FalsePositiveRate = DefaultFalsePositiveRate
-	}
-	if o.LockTimeout <= 0 {
-		o.LockTimeout = DefaultLockTimeout
-	}
-	if o.fanout < 2 {
-		o.fanout = defaultFanout
-	}
-	if o.blockTarget <= 0 {
-		o.blockTarget = defaultBlockTarget
-	}
-	if o.rebuildBatch <= 0 {
-		o.rebuildBatch = 64 << 10
-	}
-	logger := o.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
+	o := opts.withDefaults()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout: o.LockTimeout,
 		// The freelist is written at every commit (small: runs free their
@@ -178,33 +159,100 @@ func Open(path string, opts *Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s := &Store{db: db, log: logger, opts: o, fpRate: o.FalsePositiveRate, stop: make(chan struct{})}
+	s := &Store{db: db, log: o.Logger, opts: o, fpRate: o.FalsePositiveRate, stop: make(chan struct{})}
 	_, s.k = bloom.EstimateParameters(DefaultExpectedKeys, o.FalsePositiveRate)
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
 	start := time.Now()
+	if err := s.loadFilters(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if err := s.registerMetrics(o.Registerer); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	s.log.Info("dedup: index open", "path", path, "checkpoint", s.Checkpoint(), "keys", s.keys.Load(),
+		"runs", len(s.runs), "bloom_bits", s.bloom.f.Cap(), "filters_from", s.filtersFrom, "filters_took", time.Since(start))
+	return s, nil
+}
+
+func (o *Options) withDefaults() Options {
+	var r Options
+	if o != nil {
+		r = *o
+	}
+	if r.ExpectedKeys == 0 {
+		r.ExpectedKeys = DefaultExpectedKeys
+	}
+	if r.FalsePositiveRate <= 0 || r.FalsePositiveRate > 0.5 {
+		r.FalsePositiveRate = DefaultFalsePositiveRate
+	}
+	if r.LockTimeout <= 0 {
+		r.LockTimeout = DefaultLockTimeout
+	}
+	if r.fanout < 2 {
+		r.fanout = defaultFanout
+	}
+	if r.blockTarget <= 0 {
+		r.blockTarget = defaultBlockTarget
+	}
+	if r.rebuildBatch <= 0 {
+		r.rebuildBatch = 64 << 10
+	}
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.DiscardHandler)
+	}
+	return r
+}
+
+// loadFilters makes the bloom filters ready: from the snapshot the last Close
+// wrote when it covers the current checkpoint, else by scanning the seen set.
+func (s *Store) loadFilters() error {
 	f, capacity, ok := s.loadSnapshot()
 	s.filtersFrom = "snapshot"
 	if !ok {
 		s.filtersFrom = "scan"
-		capacity = max(o.ExpectedKeys, uint(s.keys.Load())*2)
+		capacity = max(s.opts.ExpectedKeys, uint(s.keys.Load())*2)
 		var scanned int
+		var err error
 		if f, scanned, err = s.openFilters(capacity); err != nil {
-			_ = db.Close()
-			return nil, fmt.Errorf("build bloom filter: %w", err)
+			return fmt.Errorf("build bloom filter: %w", err)
 		}
 		if uint64(scanned) != s.keys.Load() {
-			_ = db.Close()
-			return nil, fmt.Errorf("build bloom filter: %d seen keys but %d unique events counted", scanned, s.keys.Load())
+			return fmt.Errorf("build bloom filter: %d seen keys but %d unique events counted", scanned, s.keys.Load())
 		}
 	}
 	s.bloom = newGuardedFilter(f, capacity)
 	s.setRunBits()
-	logger.Info("dedup: index open", "path", path, "checkpoint", s.Checkpoint(), "keys", s.keys.Load(),
-		"runs", len(s.runs), "bloom_bits", f.Cap(), "filters_from", s.filtersFrom, "filters_took", time.Since(start))
-	return s, nil
+	return nil
+}
+
+// registerMetrics registers the index's gauges on reg (nil: none). They read
+// counters kept in memory: a scrape costs the same whatever the number of
+// stored events or topics.
+func (s *Store) registerMetrics(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	for _, c := range []prometheus.Collector{
+		gauge("aggregator_dedup_keys", "Keys in the deduplication index.",
+			func() float64 { return float64(s.keys.Load()) }),
+		gauge("aggregator_topics", "Topics with at least one unique event.",
+			func() float64 { return float64(s.topics.Load()) }),
+		gauge("aggregator_consumer_checkpoint", "Offset of the last event applied to the index.",
+			func() float64 { return float64(s.checkpoint.Load()) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 // init creates the buckets of a new database or checks an existing one, and
@@ -252,6 +300,7 @@ func (s *Store) load(tx *bolt.Tx) error {
 	}
 	s.checkpoint.Store(u64(meta.Get(metaCheckpoint)))
 	s.keys.Store(u64(meta.Get(metaUnique)))
+	s.topics.Store(uint64(tx.Bucket(bucketTopics).Stats().KeyN))
 	s.nextRun = u64(meta.Get(metaNextRun))
 	var err error
 	s.runs, err = loadRuns(tx)

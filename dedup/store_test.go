@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggregator-dev/aggregator/internal/poll"
+
 	"github.com/aggregator-dev/aggregator/event"
 	bolt "go.etcd.io/bbolt"
 )
@@ -156,7 +158,7 @@ func TestFilterGrowsWhenOutgrown(t *testing.T) {
 		mustApply(t, s, entries(off, evs...))
 		off += uint64(len(evs))
 	}
-	waitFor(t, "the rebuild to finish", func() bool { return !s.growing.Load() })
+	poll.Until(t, 20*time.Second, "the rebuild to finish", func() bool { return !s.growing.Load() })
 	st := mustStats(t, s)
 	if st.BloomBits <= startBits {
 		t.Fatalf("filter did not grow: %d bits at %d keys (was %d)", st.BloomBits, st.Keys, startBits)
@@ -197,7 +199,7 @@ func TestGrowReplaysKeysCommittedDuringRebuild(t *testing.T) {
 	}
 	mustApply(t, s, entries(41, during...))
 	close(release)
-	waitFor(t, "the rebuild to finish", func() bool { return !s.growing.Load() })
+	poll.Until(t, 20*time.Second, "the rebuild to finish", func() bool { return !s.growing.Load() })
 	s.bloom.mu.Lock()
 	defer s.bloom.mu.Unlock()
 	if s.bloom.capacity != 80 {
@@ -239,7 +241,7 @@ func TestCloseDuringRebuild(t *testing.T) {
 
 func TestFailCommitChangesNothing(t *testing.T) {
 	var fail bool
-	s, _ := mustOpen(t, &Options{FailCommit: func() error {
+	s, _ := mustOpen(t, &Options{failCommit: func() error {
 		if fail {
 			return fmt.Errorf("write page: %w", syscall.ENOSPC)
 		}

@@ -40,7 +40,7 @@ func BenchmarkAppendPipelined(b *testing.B) {
 
 func benchAppend(b *testing.B, appenders, events, size, pipeline int) {
 	var commits atomic.Int64
-	l, err := Open(b.TempDir(), &Options{PipelineBytes: pipeline, OnCommit: func(int, int, time.Duration) { commits.Add(1) }})
+	l, err := Open(b.TempDir(), &Options{PipelineBytes: pipeline, onCommit: func(int, int, time.Duration) { commits.Add(1) }})
 	if err != nil {
 		b.Fatal(err)
 	}

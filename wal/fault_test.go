@@ -10,26 +10,28 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/aggregator-dev/aggregator/internal/poll"
 )
 
-// faults is a switchable InjectFault: while a step is set to fail, every
+// faults is a switchable injectFault: while a step is set to fail, every
 // check of it returns the error.
 type faults struct {
 	mu    sync.Mutex
-	fail  map[Fault]error
-	calls map[Fault]int
+	fail  map[fault]error
+	calls map[fault]int
 }
 
-func newFaults() *faults { return &faults{fail: map[Fault]error{}, calls: map[Fault]int{}} }
+func newFaults() *faults { return &faults{fail: map[fault]error{}, calls: map[fault]int{}} }
 
-func (f *faults) inject(step Fault) error {
+func (f *faults) inject(step fault) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls[step]++
 	return f.fail[step]
 }
 
-func (f *faults) set(step Fault, err error) {
+func (f *faults) set(step fault, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err == nil {
@@ -39,7 +41,7 @@ func (f *faults) set(step Fault, err error) {
 	}
 }
 
-func (f *faults) count(step Fault) int {
+func (f *faults) count(step fault) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.calls[step]
@@ -68,11 +70,11 @@ func checkDurableFiles(tb testing.TB, l *Log) {
 }
 
 func TestFailedCommitAcknowledgesNobody(t *testing.T) {
-	for _, step := range []Fault{FaultWrite, FaultSync, FaultSyncDir} {
+	for _, step := range []fault{faultWrite, faultSync, faultSyncDir} {
 		t.Run(step.String(), func(t *testing.T) {
 			dir := t.TempDir()
 			f := newFaults()
-			opts := &Options{SegmentSize: 4 << 10, InjectFault: f.inject}
+			opts := &Options{SegmentSize: 4 << 10, injectFault: f.inject}
 			l := openLog(t, dir, opts)
 			want := map[uint64][]byte{}
 			for c := range 5 {
@@ -82,7 +84,7 @@ func TestFailedCommitAcknowledgesNobody(t *testing.T) {
 			before := l.LastOffset()
 
 			// Several appenders while the step fails; the large record
-			// makes every commit create a segment, so FaultSyncDir is hit.
+			// makes every commit create a segment, so faultSyncDir is hit.
 			f.set(step, syscall.ENOSPC)
 			var wg sync.WaitGroup
 			errs := make(chan error, 8)
@@ -133,7 +135,7 @@ func TestUnavailableUntilRecovered(t *testing.T) {
 	for _, by := range []string{"append", "timer"} {
 		t.Run("recovered-by-"+by, func(t *testing.T) {
 			f := newFaults()
-			opts := &Options{InjectFault: f.inject, RetryInterval: time.Hour}
+			opts := &Options{injectFault: f.inject, RetryInterval: time.Hour}
 			if by == "timer" {
 				opts.RetryInterval = 5 * time.Millisecond
 			}
@@ -141,35 +143,29 @@ func TestUnavailableUntilRecovered(t *testing.T) {
 			l := openLog(t, dir, opts)
 			mustAppend(t, l, []byte("one"))
 
-			f.set(FaultSync, syscall.EIO)
-			f.set(FaultRecover, syscall.ENOSPC) // the disk stays bad
+			f.set(faultSync, syscall.EIO)
+			f.set(faultRecover, syscall.ENOSPC) // the disk stays bad
 			if _, _, err := l.Append(context.Background(), [][]byte{[]byte("lost")}); !errors.Is(err, syscall.EIO) || !errors.Is(err, ErrUnavailable) {
 				t.Fatalf("Append on failing sync: %v", err)
 			}
 			if err := l.Writable(); !errors.Is(err, ErrUnavailable) || !errors.Is(err, syscall.ENOSPC) {
 				t.Fatalf("Writable while recovery fails: %v", err)
 			}
-			writes := f.count(FaultWrite)
+			writes := f.count(faultWrite)
 			if _, _, err := l.Append(context.Background(), [][]byte{[]byte("refused")}); !errors.Is(err, ErrUnavailable) {
 				t.Fatalf("Append while unavailable: %v", err)
 			}
-			if f.count(FaultWrite) != writes {
+			if f.count(faultWrite) != writes {
 				t.Fatal("a commit was written while the log was unavailable")
 			}
 			if got := l.Read(1, 0, func(uint64, []byte) error { return nil }); got != nil {
 				t.Fatalf("Read while unavailable: %v", got)
 			}
 
-			f.set(FaultSync, nil)
-			f.set(FaultRecover, nil)
+			f.set(faultSync, nil)
+			f.set(faultRecover, nil)
 			if by == "timer" {
-				deadline := time.Now().Add(10 * time.Second)
-				for l.Writable() != nil {
-					if time.Now().After(deadline) {
-						t.Fatalf("still unavailable: %v", l.Writable())
-					}
-					time.Sleep(2 * time.Millisecond)
-				}
+				poll.Until(t, 10*time.Second, "the log to be writable", func() bool { return l.Writable() == nil })
 			}
 			first, _ := mustAppend(t, l, []byte("two"))
 			if first != 2 {
@@ -262,11 +258,11 @@ func TestFailedSyncFailsTheCommitWrittenBehindIt(t *testing.T) {
 	)
 	releaseOnce := sync.OnceFunc(func() { close(release) })
 	const pipeline = 64 << 10
-	l := openLog(t, dir, &Options{PipelineBytes: pipeline, noInlineSync: true, InjectFault: func(f Fault) error {
+	l := openLog(t, dir, &Options{PipelineBytes: pipeline, noInlineSync: true, injectFault: func(f fault) error {
 		switch f {
-		case FaultWrite:
+		case faultWrite:
 			writes.Add(1)
-		case FaultSync:
+		case faultSync:
 			if syncs.Add(1) == 2 { // the first sync after the setup append
 				close(entered)
 				<-release
@@ -289,7 +285,7 @@ func TestFailedSyncFailsTheCommitWrittenBehindIt(t *testing.T) {
 		_, _, err := l.Append(context.Background(), [][]byte{[]byte("k+1"), make([]byte, pipeline)})
 		results <- err
 	}()
-	waitFor(t, func() bool { return writes.Load() == 3 }) // k+1 is in the file
+	poll.Until(t, 10*time.Second, "the condition", func() bool { return writes.Load() == 3 }) // k+1 is in the file
 	releaseOnce()
 	for range 2 {
 		if err := <-results; !errors.Is(err, syscall.EIO) || !errors.Is(err, ErrUnavailable) {

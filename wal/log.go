@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	twal "github.com/tidwall/wal"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults for the zero fields of Options.
@@ -36,35 +35,35 @@ const (
 	logKeyAside         = "aside"
 )
 
-// Fault names an I/O step at which Options.InjectFault can make the log fail,
-// so that tests can exercise the failure paths without a broken disk.
-type Fault int
+// fault names an I/O step at which the injectFault test hook can make the
+// log fail, so that tests exercise the failure paths without a broken disk.
+type fault int
 
 const (
-	// FaultWrite is checked after a group commit was handed to the segment
+	// faultWrite is checked after a group commit was handed to the segment
 	// file (tidwall/wal WriteBatch) and before its fsync: an error here acts
 	// like a failed write(2) whose bytes may or may not have reached the file.
-	FaultWrite Fault = iota + 1
-	// FaultSync is checked before the fsync of the tail segment; an error
+	faultWrite fault = iota + 1
+	// faultSync is checked before the fsync of the tail segment; an error
 	// here acts like a failed fsync(2) (the records are in the file).
-	FaultSync
-	// FaultSyncDir is checked before the directory fsync that follows the
+	faultSync
+	// faultSyncDir is checked before the directory fsync that follows the
 	// creation of a segment.
-	FaultSyncDir
-	// FaultRecover is checked at the start of every recovery attempt after a
+	faultSyncDir
+	// faultRecover is checked at the start of every recovery attempt after a
 	// failure; an error keeps the log unavailable.
-	FaultRecover
+	faultRecover
 )
 
-func (f Fault) String() string {
+func (f fault) String() string {
 	switch f {
-	case FaultWrite:
+	case faultWrite:
 		return "write"
-	case FaultSync:
+	case faultSync:
 		return "sync"
-	case FaultSyncDir:
+	case faultSyncDir:
 		return "sync-dir"
-	case FaultRecover:
+	case faultRecover:
 		return "recover"
 	}
 	return fmt.Sprintf("fault(%d)", int(f))
@@ -90,10 +89,10 @@ type Options struct {
 	// given to new appends. Meant for an operator's explicit decision.
 	Repair bool
 
-	// OnCommit, when set, is called by the writer goroutine after each
-	// group commit with the number of records and bytes (bodies) it made
-	// durable and the time its fsync took. It must be quick.
-	OnCommit func(records, bytes int, fsync time.Duration)
+	// Registerer, when set, gets the log's metrics: fsync latency, records
+	// per group commit, bytes written, and the log's size and last offset
+	// (aggregator_wal_*).
+	Registerer prometheus.Registerer
 
 	// MaxBatchRecords and MaxBatchBytes bound one group commit. A single
 	// Append larger than them is still written whole, as one commit.
@@ -120,21 +119,16 @@ type Options struct {
 	// while the log is unavailable and no Append arrives. Default 1s.
 	RetryInterval time.Duration
 
-	// InjectFault, when set, is called at each Fault step; a non-nil result
-	// makes that step fail with it. For tests only.
-	InjectFault func(Fault) error
-
-	// Tests: refreshAfter overrides defaultRefreshAfter; noInlineSync
-	// makes the writer hand every commit to the syncer.
+	// Test hooks, set by this package's tests: injectFault is called at
+	// each fault step, and a non-nil result makes that step fail with it;
+	// onCommit is called by the writer after each group commit, before its
+	// callers are answered; refreshAfter overrides defaultRefreshAfter;
+	// noInlineSync makes the writer hand every commit to the syncer.
+	injectFault  func(fault) error
+	onCommit     func(records, bytes int, fsync time.Duration)
 	refreshAfter int64
 	noInlineSync bool
 }
-
-// defaultRefreshAfter is after how many segments removed by TruncateFront
-// the writer reopens tidwall/wal: TruncateFront removes files behind
-// tidwall/wal's back, which keeps a small record of every segment it ever
-// created until it is reopened.
-const defaultRefreshAfter = 1024
 
 func (o *Options) withDefaults() Options {
 	var r Options
@@ -145,7 +139,7 @@ func (o *Options) withDefaults() Options {
 		r.SegmentSize = DefaultSegmentSize
 	}
 	if r.Logger == nil {
-		r.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		r.Logger = slog.New(slog.DiscardHandler)
 	}
 	if r.MaxBatchRecords <= 0 {
 		r.MaxBatchRecords = DefaultMaxBatchRecords
@@ -179,19 +173,16 @@ type Stats struct {
 // Log is a write-ahead log of records with contiguous offsets. It is safe for
 // concurrent use. See the package documentation for its guarantees.
 type Log struct {
-	dir  string
-	opts Options
-	log  *slog.Logger
-	lock *os.File
+	dir     string
+	opts    Options
+	logger  *slog.Logger
+	lock    *os.File
+	metrics *metrics
 
 	// Owned by the writer goroutine (and by Open before it starts and Close
 	// after it ended).
-	tw        *twal.Log
-	tailFile  *os.File   // the tail segment, opened by us for fsync
-	retired   []*os.File // earlier tail handles, closed once no fsync uses them
-	tailBytes int64      // size tidwall/wal believes the tail segment has
-	written   uint64     // last offset handed to tidwall/wal
-	batch     twal.Batch
+	app       appender
+	written   uint64 // last offset handed to tidwall/wal
 	frame     []byte
 	inflight  *job // written, being fsynced by the syncer
 	ready     *job // written while inflight was being fsynced
@@ -261,8 +252,9 @@ func Open(dir string, opts *Options) (*Log, error) {
 	l := &Log{
 		dir:    dir,
 		opts:   o,
-		log:    o.Logger,
+		logger: o.Logger,
 		lock:   lock,
+		app:    appender{dir: dir, segmentSize: o.SegmentSize, refreshAfter: o.refreshAfter},
 		kick:   make(chan struct{}, 1),
 		quit:   make(chan struct{}),
 		done:   make(chan struct{}),
@@ -275,6 +267,9 @@ func Open(dir string, opts *Options) (*Log, error) {
 	if err := l.load(); err != nil {
 		lock.Close()
 		return nil, err
+	}
+	if l.metrics, err = newMetrics(o.Registerer, l); err != nil {
+		return nil, errors.Join(err, l.app.close(), lock.Close())
 	}
 	go l.syncer()
 	go l.run()
@@ -310,11 +305,8 @@ func (l *Log) load() error {
 	if len(segs) == 0 {
 		segs = []segment{{index: 1, path: filepath.Join(l.dir, segmentName(1))}}
 	}
-	if err := l.openTail(segs[len(segs)-1]); err != nil {
-		return err
-	}
-	if got, err := l.tw.LastIndex(); err != nil || got != last {
-		return errors.Join(fmt.Errorf("open: tidwall/wal sees last index %d, expected %d: %w", got, last, err), l.closeTail())
+	if err := l.app.open(segs[len(segs)-1], last); err != nil {
+		return fmt.Errorf("open: %w", err)
 	}
 	l.segs = segs
 	l.first = segs[0].index
@@ -322,68 +314,6 @@ func (l *Log) load() error {
 	l.written = last
 	l.cache.init(l.opts.CacheRecords, l.opts.CacheBytes)
 	return nil
-}
-
-func (l *Log) tidwallOptions() *twal.Options {
-	return &twal.Options{
-		NoSync:           true, // the writer fsyncs the tail itself, outside tidwall/wal's lock
-		SegmentSize:      l.opts.SegmentSize,
-		LogFormat:        twal.Binary,
-		SegmentCacheSize: 1,
-		NoCopy:           true,
-		AllowEmpty:       true,
-		DirPerms:         0o700,
-		FilePerms:        0o600,
-	}
-}
-
-// openTail opens tidwall/wal and our fsync handle on the tail segment, and
-// fsyncs the directory (tidwall/wal creates the first segment of a new log).
-func (l *Log) openTail(tail segment) error {
-	tw, err := twal.Open(l.dir, l.tidwallOptions())
-	if err != nil {
-		return fmt.Errorf("open tidwall/wal: %w", err)
-	}
-	f, err := os.OpenFile(tail.path, os.O_RDWR, 0)
-	if err != nil {
-		return errors.Join(fmt.Errorf("open tail segment: %w", err), tw.Close())
-	}
-	if err := syncDir(l.dir); err != nil {
-		return errors.Join(err, f.Close(), tw.Close())
-	}
-	l.tw, l.tailFile, l.tailBytes = tw, f, tail.size
-	return nil
-}
-
-// closeTail closes tidwall/wal and our tail handle. tidwall/wal's Close
-// fsyncs first and, if that fails, leaves its file open; a second Close
-// then usually succeeds, since Linux reports a writeback error only once.
-func (l *Log) closeTail() error {
-	var err error
-	if l.tw != nil {
-		if err = l.tw.Close(); err != nil {
-			if err2 := l.tw.Close(); err2 == nil || errors.Is(err2, twal.ErrClosed) {
-				err = nil
-			}
-		}
-		l.tw = nil
-	}
-	if l.tailFile != nil {
-		err = errors.Join(err, l.tailFile.Close())
-		l.tailFile = nil
-	}
-	return errors.Join(err, l.closeRetired())
-}
-
-// closeRetired closes the handles of former tail segments.
-func (l *Log) closeRetired() error {
-	var err error
-	for _, f := range l.retired {
-		err = errors.Join(err, f.Close())
-	}
-	clear(l.retired)
-	l.retired = l.retired[:0]
-	return err
 }
 
 // Append makes records durable as consecutive log entries and returns the
@@ -495,7 +425,7 @@ func (l *Log) Close() error {
 		close(l.notify)
 		l.mu.Unlock()
 		l.truncMu.Unlock()
-		l.closeErr = l.closeTail()
+		l.closeErr = l.app.close()
 		if l.closeErr != nil {
 			l.closeErr = fmt.Errorf("close: %w", l.closeErr)
 		}

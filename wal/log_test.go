@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/aggregator-dev/aggregator/internal/poll"
 )
 
 func TestAppendReadReopen(t *testing.T) {
@@ -76,7 +78,7 @@ func testGroupCommit(t *testing.T, appenders, pad, pipeline int, noInlineSync bo
 	var commits, committed atomic.Int64
 	opts := &Options{
 		SegmentSize: 64 << 10, // several segments, so commits cross segment boundaries
-		OnCommit: func(records, bytes int, _ time.Duration) {
+		onCommit: func(records, bytes int, _ time.Duration) {
 			commits.Add(1)
 			committed.Add(int64(records))
 		},
@@ -141,12 +143,12 @@ func testGroupCommit(t *testing.T, appenders, pad, pipeline int, noInlineSync bo
 	checkRecords(t, openLog(t, dir, opts), want)
 }
 
-// blockSync returns InjectFault that holds every fsync until release is
+// blockSync returns injectFault that holds every fsync until release is
 // closed, signalling entered when the first one starts.
-func blockSync(entered chan<- struct{}, release <-chan struct{}) func(Fault) error {
+func blockSync(entered chan<- struct{}, release <-chan struct{}) func(fault) error {
 	var once sync.Once
-	return func(f Fault) error {
-		if f == FaultSync {
+	return func(f fault) error {
+		if f == faultSync {
 			once.Do(func() { close(entered) })
 			<-release
 		}
@@ -158,8 +160,8 @@ func TestAppendContextEndsBeforeWrite(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	var writes atomic.Int64
 	block := blockSync(entered, release)
-	l := openLog(t, t.TempDir(), &Options{InjectFault: func(f Fault) error {
-		if f == FaultWrite {
+	l := openLog(t, t.TempDir(), &Options{injectFault: func(f fault) error {
+		if f == faultWrite {
 			writes.Add(1)
 		}
 		return block(f)
@@ -187,7 +189,7 @@ func TestAppendContextEndsBeforeWrite(t *testing.T) {
 		_, _, err := l.Append(bctx, [][]byte{[]byte("b1"), []byte("b2")})
 		bDone <- err
 	}()
-	waitFor(t, func() bool { return l.outstanding.Load() == 2 })
+	poll.Until(t, 10*time.Second, "the condition", func() bool { return l.outstanding.Load() == 2 })
 	bcancel()
 	if err := <-bDone; !errors.Is(err, context.Canceled) {
 		t.Fatalf("B: %v, want context.Canceled", err)
@@ -203,18 +205,6 @@ func TestAppendContextEndsBeforeWrite(t *testing.T) {
 	checkRecords(t, l, map[uint64][]byte{1: []byte("a"), 2: []byte("c")})
 	if n := writes.Load(); n != 2 {
 		t.Fatalf("%d commits written, want 2", n)
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after 10 seconds.
-func waitFor(tb testing.TB, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatal("condition not reached within 10s")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -324,7 +314,7 @@ func TestWait(t *testing.T) {
 func TestCloseWaitsForQueuedAppends(t *testing.T) {
 	dir := t.TempDir()
 	entered, release := make(chan struct{}), make(chan struct{})
-	l := openLog(t, dir, &Options{InjectFault: blockSync(entered, release)})
+	l := openLog(t, dir, &Options{injectFault: blockSync(entered, release)})
 	releaseOnce := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(releaseOnce) // before the Close of openLog, should the test fail
 	const n = 8
@@ -341,7 +331,7 @@ func TestCloseWaitsForQueuedAppends(t *testing.T) {
 		}()
 	}
 	// Let the queued appends reach the log before Close.
-	waitFor(t, func() bool { return l.outstanding.Load() == n })
+	poll.Until(t, 10*time.Second, "the condition", func() bool { return l.outstanding.Load() == n })
 	closeDone := make(chan error, 1)
 	go func() { closeDone <- l.Close() }()
 	releaseOnce()

@@ -14,8 +14,8 @@ import (
 // for them without it.
 const readChunk = 256
 
-// Read calls fn in offset order for up to max records starting at from
-// (max <= 0: no limit), stopping at the LastOffset of the time of the call.
+// Read calls fn in offset order for up to limit records starting at from
+// (limit <= 0: no limit), stopping at the LastOffset of the time of the call.
 // FirstOffset() <= from <= LastOffset()+1 must hold, else the error wraps
 // ErrOutOfRange. data is immutable and fn may retain it. An error from fn
 // stops the read and is returned as is.
@@ -23,7 +23,7 @@ const readChunk = 256
 // Records committed recently are handed over from memory; older ones are
 // read from the segment files and verified (a damaged one gives a
 // *CorruptionError). Read never waits for the writer.
-func (l *Log) Read(from uint64, max int, fn func(offset uint64, data []byte) error) error {
+func (l *Log) Read(from uint64, limit int, fn func(offset uint64, data []byte) error) error {
 	l.mu.RLock()
 	closed, first := l.closed, l.first
 	l.mu.RUnlock()
@@ -35,8 +35,8 @@ func (l *Log) Read(from uint64, max int, fn func(offset uint64, data []byte) err
 		return fmt.Errorf("read from %d (log holds %d to %d): %w", from, first, last, ErrOutOfRange)
 	}
 	end := last
-	if max > 0 && from+uint64(max)-1 < end {
-		end = from + uint64(max) - 1
+	if limit > 0 && from+uint64(limit)-1 < end {
+		end = from + uint64(limit) - 1
 	}
 	var buf [readChunk][]byte
 	for off := from; off <= end; {
@@ -111,7 +111,7 @@ func (l *Log) TruncateFront(offset uint64) error {
 		l.removed.Add(1)
 	}
 	if removed > 0 {
-		if err := syncDir(l.dir); err != nil {
+		if err := SyncDir(l.dir); err != nil {
 			return fmt.Errorf("truncate front: %w", err)
 		}
 	}

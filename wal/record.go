@@ -74,30 +74,7 @@ func decodeFrame(frame []byte) (frameHeader, []byte, error) {
 	return h, body, nil
 }
 
-// nextEntry splits the next tidwall/wal binary entry (uvarint length, data)
-// off buf. It returns the entry data and the total number of bytes it takes.
-func nextEntry(buf []byte) (data []byte, n int, err error) {
-	size, k := binary.Uvarint(buf)
-	if k <= 0 {
-		if k == 0 {
-			return nil, 0, errTruncated
-		}
-		return nil, 0, errBadLength
-	}
-	if size > uint64(len(buf)-k) {
-		return nil, 0, errTruncated
-	}
-	return buf[k : k+int(size)], k + int(size), nil
-}
-
-// entrySize is the number of bytes tidwall/wal writes for an entry whose data
-// is size bytes long.
-func entrySize(size int) int {
-	var tmp [binary.MaxVarintLen64]byte
-	return binary.PutUvarint(tmp[:], uint64(size)) + size
-}
-
-// decodeRecord checks the tidwall entry at the start of buf, which must hold
+// decodeRecord checks the entry at the start of buf, which must hold
 // the record with the given offset, and returns its body (aliasing buf), the
 // entry's length in bytes and its header flags.
 func decodeRecord(buf []byte, offset uint64) (body []byte, n int, flags byte, err error) {

@@ -1,15 +1,15 @@
 package wal
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -20,15 +20,13 @@ type segment struct {
 	size  int64 // bytes; for the tail segment, the durable (acknowledged) size
 }
 
-func segmentName(index uint64) string { return fmt.Sprintf("%020d", index) }
-
 // damagedDir is the subdirectory where the Repair option keeps copies of the
-// segments it cut. tidwall/wal ignores directories inside the log directory.
+// segments it cut (directories in the log directory are not segments).
 const damagedDir = "damaged"
 
-// listSegments returns the segment files of dir in offset order. tidwall/wal's
-// temporary files (.START, .END, .TEMP) are never created by this package, so
-// finding one means another program touched the directory: refuse it.
+// listSegments returns the segment files of dir in offset order. It refuses
+// a directory holding one of tidwall/wal's temporary files (see
+// parseSegmentName).
 func listSegments(dir string) ([]segment, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -36,25 +34,40 @@ func listSegments(dir string) ([]segment, error) {
 	}
 	var segs []segment
 	for _, e := range entries {
-		name := e.Name()
-		if e.IsDir() || len(name) < 20 {
+		if e.IsDir() {
 			continue
 		}
-		index, err := strconv.ParseUint(name[:20], 10, 64)
-		if err != nil || index == 0 {
-			continue
+		index, ok, temp := parseSegmentName(e.Name())
+		if temp {
+			return nil, fmt.Errorf("list segments: unexpected temporary file %s", e.Name())
 		}
-		if len(name) != 20 {
-			if strings.HasSuffix(name, ".START") || strings.HasSuffix(name, ".END") ||
-				strings.HasSuffix(name, ".TEMP") {
-				return nil, fmt.Errorf("list segments: unexpected temporary file %s", name)
-			}
-			continue
+		if ok {
+			segs = append(segs, segment{index: index, path: filepath.Join(dir, e.Name())})
 		}
-		segs = append(segs, segment{index: index, path: filepath.Join(dir, name)})
 	}
-	sort.Slice(segs, func(i, j int) bool { return segs[i].index < segs[j].index })
+	slices.SortFunc(segs, func(a, b segment) int { return cmp.Compare(a.index, b.index) })
 	return segs, nil
+}
+
+// Segment is one segment file of a log directory.
+type Segment struct {
+	Path        string // the file
+	FirstOffset uint64 // offset of its first record
+}
+
+// Segments returns the segment files of the log in dir, oldest first (the
+// last one is the tail, where appends go). It reads the directory only: the
+// files are not opened or verified, and the log may be open or not.
+func Segments(dir string) ([]Segment, error) {
+	segs, err := listSegments(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Segment, len(segs))
+	for i, s := range segs {
+		out[i] = Segment{Path: s.path, FirstOffset: s.index}
+	}
+	return out, nil
 }
 
 // scanSegment verifies the records of a segment whose first record has offset
@@ -132,7 +145,7 @@ func (l *Log) checkSegments(segs []segment) (last uint64, dmg *damage, err error
 			if err := cutFile(s.path, int64(good)); err != nil {
 				return 0, nil, fmt.Errorf("cut torn tail: %w", err)
 			}
-			l.log.Warn("wal: cut torn tail of last segment",
+			l.logger.Warn("wal: cut torn tail of last segment",
 				logKeySegment, filepath.Base(s.path), logKeyOffset, next,
 				logKeyBytes, len(buf)-good, logKeyReason, reason.Error())
 		}
@@ -173,13 +186,13 @@ func (l *Log) repair(segs []segment, d *damage) ([]segment, error) {
 			return nil, fmt.Errorf("repair: move segment aside: %w", err)
 		}
 	}
-	if err := syncDir(aside); err != nil {
+	if err := SyncDir(aside); err != nil {
 		return nil, fmt.Errorf("repair: %w", err)
 	}
-	if err := syncDir(l.dir); err != nil {
+	if err := SyncDir(l.dir); err != nil {
 		return nil, fmt.Errorf("repair: %w", err)
 	}
-	l.log.Warn("wal: repaired damaged log, records from the damaged one on were cut",
+	l.logger.Warn("wal: repaired damaged log, records from the damaged one on were cut",
 		logKeySegment, filepath.Base(segs[d.seg].path), logKeyOffset, d.offset,
 		logKeyReason, d.err.Error(), logKeyMovedSegments, len(segs)-keep, logKeyAside, aside)
 	return segs[:keep], nil
@@ -223,9 +236,9 @@ func copyFile(src, dst string) error {
 	return errors.Join(err, out.Close())
 }
 
-// syncDir fsyncs a directory so that file creations, renames and removals in
+// SyncDir fsyncs a directory so that file creations, renames and removals in
 // it survive a power loss.
-func syncDir(dir string) error {
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("sync dir: %w", err)

@@ -14,18 +14,11 @@ type job struct {
 	batch          []*request
 	first, last    uint64
 	records, bytes int
-	cuts           []cut    // segments tidwall/wal started while writing it
+	cuts           []cut    // segments started while writing it
 	tail           int64    // size of the tail segment after it
 	file           *os.File // tail segment handle to fsync
 	err            error    // write error (writer) or fsync error (syncer)
 	took           time.Duration
-}
-
-// cut is a segment change inside one group commit, predicted from
-// tidwall/wal's rule: the tail is closed once it reaches SegmentSize.
-type cut struct {
-	next     uint64 // first offset of the new segment
-	prevSize int64  // final size of the segment closed before it
 }
 
 // run is the writer goroutine. It gathers pending appends into group
@@ -147,6 +140,40 @@ func (l *Log) answer(batch []*request, err error) {
 // writeJob frames a batch and hands it to tidwall/wal. It returns nil when
 // nothing is left to sync (every caller already answered).
 func (l *Log) writeJob(batch []*request) *job {
+	batch = l.dropCancelled(batch)
+	if len(batch) == 0 {
+		return nil
+	}
+	if l.state.Load() != nil && !l.tryRecover() {
+		l.answer(batch, *l.state.Load())
+		return nil
+	}
+	if l.inflight == nil && l.app.needsRefresh(l.removed.Load()) {
+		if err := l.reopenTidwall(); err != nil {
+			err = unavailable(fmt.Errorf("reopen: %w", err))
+			l.logger.Error("wal: reopening tidwall/wal failed", logKeyErr, err)
+			l.state.Store(&err)
+			l.answer(batch, err)
+			return nil
+		}
+	}
+	j := &job{batch: batch, first: l.written + 1}
+	l.frameBatch(j)
+	l.written = j.last
+	var err error
+	if j.cuts, j.tail, j.file, err = l.app.write(); err != nil {
+		j.err = fmt.Errorf("write: %w", err)
+		return j
+	}
+	if err := l.fault(faultWrite); err != nil {
+		j.err = fmt.Errorf("write: %w", err)
+	}
+	return j
+}
+
+// dropCancelled answers the requests whose caller gave up and returns the
+// others.
+func (l *Log) dropCancelled(batch []*request) []*request {
 	live := batch[:0]
 	for _, r := range batch {
 		if err := r.ctx.Err(); err != nil {
@@ -155,35 +182,15 @@ func (l *Log) writeJob(batch []*request) *job {
 		}
 		live = append(live, r)
 	}
-	batch = live
-	if len(batch) == 0 {
-		return nil
-	}
-	if l.state.Load() != nil && !l.tryRecover() {
-		l.answer(batch, *l.state.Load())
-		return nil
-	}
-	if l.inflight == nil && l.removed.Load() >= l.opts.refreshAfter {
-		if err := l.reopenTidwall(); err != nil {
-			err = unavailable(fmt.Errorf("reopen: %w", err))
-			l.log.Error("wal: reopening tidwall/wal failed", logKeyErr, err)
-			l.state.Store(&err)
-			l.answer(batch, err)
-			return nil
-		}
-	}
+	return live
+}
 
-	// Frame the records and predict where tidwall/wal starts new segments.
-	j := &job{batch: batch, first: l.written + 1}
-	next := j.first
-	tail := l.tailBytes
-	if tail > int64(l.opts.SegmentSize) {
-		j.cuts = append(j.cuts, cut{next: next, prevSize: tail})
-		tail = 0
-	}
-	l.batch.Clear()
-	framed := 0
-	for _, r := range batch {
+// frameBatch frames the records of j's requests, gives them their offsets
+// and stages them in the appender.
+func (l *Log) frameBatch(j *job) {
+	l.app.begin(j.first)
+	next, framed := j.first, 0
+	for _, r := range j.batch {
 		r.first = next
 		for _, rec := range r.recs {
 			var flags byte
@@ -191,45 +198,15 @@ func (l *Log) writeJob(batch []*request) *job {
 				flags = flagBatchStart
 			}
 			l.frame = appendFrame(l.frame[:0], next, flags, rec)
-			l.batch.Write(next, l.frame)
-			n := entrySize(len(l.frame))
-			framed += n
-			tail += int64(n)
-			if tail >= int64(l.opts.SegmentSize) {
-				j.cuts = append(j.cuts, cut{next: next + 1, prevSize: tail})
-				tail = 0
-			}
+			framed += l.app.add(l.frame)
 			next++
 			j.bytes += len(rec)
 		}
 		j.records += len(r.recs)
 		r.last = next - 1
 	}
-	j.last, j.tail = next-1, tail
+	j.last = next - 1
 	l.lastBatch = framed
-	l.written, l.tailBytes = j.last, tail
-	if err := l.tw.WriteBatch(&l.batch); err != nil {
-		j.err = fmt.Errorf("write: %w", err)
-		return j
-	}
-	if err := l.fault(FaultWrite); err != nil {
-		j.err = fmt.Errorf("write: %w", err)
-		return j
-	}
-	if len(j.cuts) > 0 {
-		// tidwall/wal fsynced and closed the segments it left behind; our
-		// handle on the old tail may still be in use by the syncer.
-		l.retired = append(l.retired, l.tailFile)
-		l.tailFile = nil
-		f, err := os.OpenFile(filepath.Join(l.dir, segmentName(j.cuts[len(j.cuts)-1].next)), os.O_RDWR, 0)
-		if err != nil {
-			j.err = fmt.Errorf("open new segment: %w", err)
-			return j
-		}
-		l.tailFile = f
-	}
-	j.file = l.tailFile
-	return j
 }
 
 // reopenTidwall closes and reopens tidwall/wal on the durable log, to drop
@@ -239,16 +216,10 @@ func (l *Log) reopenTidwall() error {
 	l.mu.RLock()
 	tail := l.segs[len(l.segs)-1]
 	l.mu.RUnlock()
-	if err := l.closeTail(); err != nil {
+	if err := l.app.close(); err != nil {
 		return err
 	}
-	if err := l.openTail(tail); err != nil {
-		return err
-	}
-	if got, err := l.tw.LastIndex(); err != nil || got != l.written {
-		return errors.Join(fmt.Errorf("tidwall/wal sees last index %d, expected %d: %w", got, l.written, err), l.closeTail())
-	}
-	return nil
+	return l.app.open(tail, l.written)
 }
 
 // start fsyncs the ready job, or fails it if its write failed. The writer
@@ -280,8 +251,8 @@ func (l *Log) queuedAtLeast(n int) bool {
 // resolve takes the syncer's result for the inflight job.
 func (l *Log) resolve(j *job) {
 	l.inflight = nil
-	if err := l.closeRetired(); err != nil {
-		l.log.Warn("wal: closing old segment handle", logKeyErr, err)
+	if err := l.app.closeRetired(); err != nil {
+		l.logger.Warn("wal: closing old segment handle", logKeyErr, err)
 	}
 	if j.err != nil {
 		jobs := []*job{j}
@@ -295,8 +266,9 @@ func (l *Log) resolve(j *job) {
 	l.publish(j)
 	// Before the answer, so that a caller that got its offsets also sees
 	// the commit counted.
-	if l.opts.OnCommit != nil {
-		l.opts.OnCommit(j.records, j.bytes, j.took)
+	l.metrics.commit(j.records, j.bytes, j.took)
+	if l.opts.onCommit != nil {
+		l.opts.onCommit(j.records, j.bytes, j.took)
 	}
 	l.answer(j.batch, nil)
 }
@@ -315,15 +287,15 @@ func (l *Log) syncer() {
 // created, the directory, and records the outcome in the job.
 func (l *Log) sync(j *job) {
 	start := time.Now()
-	err := l.fault(FaultSync)
+	err := l.fault(faultSync)
 	if err == nil {
 		err = j.file.Sync()
 	}
 	if err != nil {
 		err = fmt.Errorf("sync: %w", err)
 	} else if len(j.cuts) > 0 {
-		if err = l.fault(FaultSyncDir); err == nil {
-			err = syncDir(l.dir)
+		if err = l.fault(faultSyncDir); err == nil {
+			err = SyncDir(l.dir)
 		}
 		if err != nil {
 			err = fmt.Errorf("new segment: %w", err)
@@ -332,11 +304,11 @@ func (l *Log) sync(j *job) {
 	j.err, j.took = err, time.Since(start)
 }
 
-func (l *Log) fault(f Fault) error {
-	if l.opts.InjectFault == nil {
+func (l *Log) fault(f fault) error {
+	if l.opts.injectFault == nil {
 		return nil
 	}
-	return l.opts.InjectFault(f)
+	return l.opts.injectFault(f)
 }
 
 // publish makes a durable group commit visible to readers.
@@ -359,7 +331,7 @@ func (l *Log) publish(j *job) {
 // already tells whether that worked when they hear of the failure.
 func (l *Log) fail(cause error, jobs ...*job) {
 	err := unavailable(cause)
-	l.log.Error("wal: group commit failed, nothing of it acknowledged", logKeyErr, cause)
+	l.logger.Error("wal: group commit failed, nothing of it acknowledged", logKeyErr, cause)
 	l.state.Store(&err)
 	l.tryRecover()
 	for _, j := range jobs {
@@ -372,30 +344,32 @@ func (l *Log) fail(cause error, jobs ...*job) {
 // check with a test write that the disk takes data again. It reports
 // whether the log accepts appends again. Nothing may be in flight.
 func (l *Log) tryRecover() bool {
-	err := l.recover()
+	err := l.rollBack()
 	if err != nil {
 		err = unavailable(fmt.Errorf("recover: %w", err))
 		l.state.Store(&err)
-		l.log.Warn("wal: log unavailable, recovery failed", logKeyErr, err)
+		l.logger.Warn("wal: log unavailable, recovery failed", logKeyErr, err)
 		return false
 	}
 	if l.state.Swap(nil) != nil {
-		l.log.Info("wal: log recovered, accepting appends")
+		l.logger.Info("wal: log recovered, accepting appends")
 	}
 	return true
 }
 
-func (l *Log) recover() error {
-	if err := l.fault(FaultRecover); err != nil {
+// rollBack brings the files back to the last acknowledged record and
+// reopens tidwall/wal on them (see tryRecover).
+func (l *Log) rollBack() error {
+	if err := l.fault(faultRecover); err != nil {
 		return err
 	}
-	if err := l.closeTail(); err != nil {
-		l.log.Warn("wal: closing after failure", logKeyErr, err)
+	if err := l.app.close(); err != nil {
+		l.logger.Warn("wal: closing after failure", logKeyErr, err)
 	}
 	l.mu.RLock()
 	tail := l.segs[len(l.segs)-1]
 	l.mu.RUnlock()
-	l.written, l.tailBytes = l.last.Load(), tail.size
+	l.written = l.last.Load()
 	segs, err := listSegments(l.dir)
 	if err != nil {
 		return err
@@ -410,17 +384,14 @@ func (l *Log) recover() error {
 	if err := cutFile(tail.path, tail.size); err != nil {
 		return fmt.Errorf("cut unacknowledged records: %w", err)
 	}
-	if err := syncDir(l.dir); err != nil {
+	if err := SyncDir(l.dir); err != nil {
 		return err
 	}
 	if err := l.probe(); err != nil {
 		return err
 	}
-	if err := l.openTail(tail); err != nil {
-		return err
-	}
-	if got, err := l.tw.LastIndex(); err != nil || got != l.last.Load() {
-		return errors.Join(fmt.Errorf("reopen: tidwall/wal sees last index %d, expected %d: %w", got, l.last.Load(), err), l.closeTail())
+	if err := l.app.open(tail, l.written); err != nil {
+		return fmt.Errorf("reopen: %w", err)
 	}
 	return nil
 }

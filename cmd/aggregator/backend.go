@@ -14,11 +14,28 @@ import (
 	"github.com/aggregator-dev/aggregator/wal"
 )
 
+// Appender is the log the publish path appends to and reports on: the local
+// write-ahead log (*wal.Log) or, in cluster mode, a replicated stream. The
+// consumer reads the same log through dedup.Source.
+type Appender interface {
+	// Append makes records durable as consecutive offsets and returns the
+	// first and the last; see wal.Log.Append for the contract.
+	Append(ctx context.Context, records [][]byte) (first, last uint64, err error)
+	// Writable returns nil when the log accepts appends, else the reason.
+	Writable() error
+	// LastOffset returns the offset of the last acknowledged record.
+	LastOffset() uint64
+	// Stats returns the log's offsets and size.
+	Stats() wal.Stats
+}
+
+var _ Appender = (*wal.Log)(nil)
+
 // backend adapts the log and the index to api.Backend. The log is there from
 // the start; the index and its consumer arrive once the index is open, and
 // until then reads answer 503 while publishing already works.
 type backend struct {
-	log      *wal.Log
+	log      Appender
 	limits   limits
 	store    atomic.Pointer[dedup.Store]
 	consumer atomic.Pointer[dedup.Consumer]
@@ -38,13 +55,9 @@ type limits struct {
 	maxBytes int64  // bytes of the log's segment files
 }
 
-// recordOverhead bounds the bytes a record costs in a segment file beyond its
-// body (tidwall/wal's length prefix and the wal package's checksum header).
-const recordOverhead = 32
-
 var _ api.Backend = (*backend)(nil)
 
-func newBackend(l *wal.Log, lim limits) *backend {
+func newBackend(l Appender, lim limits) *backend {
 	return &backend{log: l, limits: lim}
 }
 
@@ -55,7 +68,7 @@ func (b *backend) attach(s *dedup.Store, c *dedup.Consumer) {
 }
 
 // errIndexOpening is the reason reads are refused before the index is open.
-var errIndexOpening = fmt.Errorf("index is opening: %w", api.ErrUnavailable)
+var errIndexOpening = fmt.Errorf("index is opening: %w", event.ErrUnavailable)
 
 func (b *backend) index() (*dedup.Store, error) {
 	s := b.store.Load()
@@ -67,13 +80,13 @@ func (b *backend) index() (*dedup.Store, error) {
 
 // Publish encodes the events into one buffer, one record each, and appends
 // them to the log; it returns once they are fsynced. Over a bound it writes
-// nothing and returns an error wrapping api.ErrOverloaded (429).
+// nothing and returns an error wrapping event.ErrOverloaded (429).
 func (b *backend) Publish(ctx context.Context, events []event.Event) (uint64, uint64, error) {
 	size := 0
 	for i := range events {
 		size += events[i].EncodedSize()
 	}
-	n, bytes := uint64(len(events)), int64(size+len(events)*recordOverhead)
+	n, bytes := uint64(len(events)), int64(size+len(events)*wal.RecordOverhead)
 	if err := b.admit(n, bytes); err != nil {
 		return 0, 0, err
 	}
@@ -103,14 +116,14 @@ func (b *backend) admit(n uint64, bytes int64) error {
 	if b.limits.maxLag > 0 {
 		// Before the index is open the checkpoint is unknown: no bound yet.
 		if s := b.store.Load(); s != nil {
-			if lag := sub(b.log.LastOffset(), s.Checkpoint()) + b.pendingEvents; lag > b.limits.maxLag {
-				return fmt.Errorf("consumer lag %d is above %d: %w", lag, b.limits.maxLag, api.ErrOverloaded)
+			if lag := behind(b.log.LastOffset(), s.Checkpoint()) + b.pendingEvents; lag > b.limits.maxLag {
+				return fmt.Errorf("consumer lag %d is above %d: %w", lag, b.limits.maxLag, event.ErrOverloaded)
 			}
 		}
 	}
 	if b.limits.maxBytes > 0 {
 		if size := b.log.Stats().Bytes + b.pendingBytes; size > b.limits.maxBytes {
-			return fmt.Errorf("log holds %d bytes, above %d: %w", size, b.limits.maxBytes, api.ErrOverloaded)
+			return fmt.Errorf("log holds %d bytes, above %d: %w", size, b.limits.maxBytes, event.ErrOverloaded)
 		}
 	}
 	b.pendingEvents += n
@@ -129,11 +142,11 @@ func (b *backend) done(n uint64, bytes int64) {
 	b.mu.Unlock()
 }
 
-// walError marks the log's refusals as api.ErrUnavailable (503, retry).
+// walError marks the log's refusals as event.ErrUnavailable (503, retry).
 func walError(err error) error {
 	if errors.Is(err, wal.ErrClosed) || errors.Is(err, wal.ErrUnavailable) ||
 		errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EIO) {
-		return fmt.Errorf("%w: %w", api.ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", event.ErrUnavailable, err)
 	}
 	return err
 }
@@ -146,7 +159,7 @@ func (b *backend) List(_ context.Context, q event.ListQuery) (event.Page, error)
 	}
 	p, err := s.List(q)
 	if errors.Is(err, dedup.ErrClosed) {
-		return p, fmt.Errorf("list: %w: %w", api.ErrUnavailable, err)
+		return p, fmt.Errorf("list: %w: %w", event.ErrUnavailable, err)
 	}
 	return p, err
 }
@@ -160,7 +173,7 @@ func (b *backend) Stats(context.Context) (api.Stats, error) {
 	}
 	ds, err := s.Stats()
 	if errors.Is(err, dedup.ErrClosed) {
-		return api.Stats{}, fmt.Errorf("index stats: %w: %w", api.ErrUnavailable, err)
+		return api.Stats{}, fmt.Errorf("index stats: %w: %w", event.ErrUnavailable, err)
 	}
 	if err != nil {
 		return api.Stats{}, fmt.Errorf("index stats: %w", err)
@@ -175,7 +188,7 @@ func (b *backend) Stats(context.Context) (api.Stats, error) {
 			FirstOffset: ws.FirstOffset,
 			LastOffset:  ws.LastOffset,
 			Checkpoint:  ds.Checkpoint,
-			Lag:         sub(ws.LastOffset, ds.Checkpoint),
+			Lag:         behind(ws.LastOffset, ds.Checkpoint),
 			Segments:    ws.Segments,
 			Bytes:       ws.Bytes,
 		},
@@ -203,9 +216,10 @@ func (b *backend) Ready(context.Context) error {
 	return nil
 }
 
-func sub(a, b uint64) uint64 {
-	if a < b {
+// behind returns how far checkpoint is behind last (0 when it is not).
+func behind(last, checkpoint uint64) uint64 {
+	if last < checkpoint {
 		return 0
 	}
-	return a - b
+	return last - checkpoint
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -108,51 +107,11 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	c := defaultConfig()
 	fs := flag.NewFlagSet("aggregator", flag.ContinueOnError)
 	fs.SetOutput(out)
-	e := &envFlags{fs: fs, getenv: getenv}
-
-	e.str(&c.Addr, "addr", "AGG_ADDR", "listen address (host:port)")
-	e.str(&c.DataDir, "data-dir", "AGG_DATA_DIR", "data directory: <dir>/wal/ holds the log, <dir>/index.db the index")
-	e.str(&c.LogFormat, "log-format", "AGG_LOG_FORMAT", "log format: text or json")
 	level := strings.ToLower(c.LogLevel.String())
-	e.str(&level, "log-level", "AGG_LOG_LEVEL", "log level: debug, info, warn or error")
-
-	e.int(&c.SegmentSize, "segment-size", "AGG_SEGMENT_SIZE", "bytes per log segment file (0: 16 MiB)")
-	e.bool(&c.WALRepair, "wal-repair", "AGG_WAL_REPAIR", "cut the log at damage inside acknowledged records (copies the segment aside first)")
-
 	expected := uint64(c.BloomExpectedKeys)
-	e.uint64(&expected, "bloom-expected-keys", "AGG_BLOOM_EXPECTED_KEYS", "keys the bloom filter is sized for (0: 1,048,576)")
-	e.float(&c.BloomFPRate, "bloom-fp-rate", "AGG_BLOOM_FP_RATE", "bloom filter false-positive rate at the expected keys (0: 0.01)")
-	e.int(&c.ChunkEntries, "chunk-entries", "AGG_CHUNK_ENTRIES", "events the consumer applies per index transaction (0: 16384)")
-	e.duration(&c.ChunkDelay, "chunk-delay", "AGG_CHUNK_DELAY", "how long the consumer gathers appends into a chunk that is not full (0: 2ms)")
-	e.duration(&c.LockTimeout, "lock-timeout", "AGG_LOCK_TIMEOUT", "wait for the index file lock before failing")
-
-	e.int64(&c.MaxBodyBytes, "max-body-bytes", "AGG_MAX_BODY_BYTES", "request body limit (413 above)")
-	e.int(&c.MaxBatchEvents, "max-batch-events", "AGG_MAX_BATCH_EVENTS", "events per request (413 above)")
-	e.int(&c.MaxPayloadBytes, "max-payload-bytes", "AGG_MAX_PAYLOAD_BYTES", "bytes of one event's payload (422 above)")
-	e.int(&c.MaxPayloadDepth, "max-payload-depth", "AGG_MAX_PAYLOAD_DEPTH", "nesting depth of one event's payload (422 above)")
-	e.int(&c.MaxStatsTopics, "max-stats-topics", "AGG_MAX_STATS_TOPICS", "topics listed by GET /stats (the rest is flagged topics_truncated)")
-	e.uint64(&c.MaxLag, "max-lag", "AGG_MAX_LAG", "answer 429 to publishers while the consumer is more events behind (0: no bound)")
-	e.int64(&c.MaxWALBytes, "max-wal-bytes", "AGG_MAX_WAL_BYTES", "answer 429 to publishers while the log's segment files hold more bytes (0: no bound; else at least twice the segment size)")
-	e.int(&c.MaxInflightPublish, "max-inflight-publish", "AGG_MAX_INFLIGHT_PUBLISH", "publish requests on the write path at once (read and validated, waiting for the log)")
-	e.duration(&c.InflightWait, "inflight-wait", "AGG_INFLIGHT_WAIT", "how long a publish request waits for a free slot before 429 (0: not at all)")
-
 	var tokens, tokenFiles [3]string // publish, read, admin
-	for i, scope := range []string{"publish", "read", "admin"} {
-		env := "AGG_" + strings.ToUpper(scope) + "_TOKEN"
-		e.secret(&tokens[i], scope+"-token", env, "bearer token for "+tokenUse[i]+" (prefer the environment or --"+scope+"-token-file: flags show in ps)")
-		e.str(&tokenFiles[i], scope+"-token-file", env+"_FILE", "file holding the "+scope+" token (surrounding whitespace is trimmed)")
-	}
-	e.bool(&c.MetricsOpen, "metrics-open", "AGG_METRICS_OPEN", "serve /metrics without a token even when reading needs one")
-	e.str(&c.TLSCert, "tls-cert", "AGG_TLS_CERT", "serve HTTPS: PEM certificate chain file (with --tls-key)")
-	e.str(&c.TLSKey, "tls-key", "AGG_TLS_KEY", "serve HTTPS: PEM private key file (with --tls-cert)")
-
-	e.duration(&c.ReadHeaderTimeout, "read-header-timeout", "AGG_READ_HEADER_TIMEOUT", "time to read request headers")
-	e.duration(&c.ReadTimeout, "read-timeout", "AGG_READ_TIMEOUT", "time to read a whole request")
-	e.duration(&c.WriteTimeout, "write-timeout", "AGG_WRITE_TIMEOUT", "time to write a reply")
-	e.duration(&c.IdleTimeout, "idle-timeout", "AGG_IDLE_TIMEOUT", "keep-alive idle time")
-	e.duration(&c.ShutdownTimeout, "shutdown-timeout", "AGG_SHUTDOWN_TIMEOUT", "time for in-flight requests at shutdown")
-	e.int(&c.MaxHeaderBytes, "max-header-bytes", "AGG_MAX_HEADER_BYTES", "request header limit (431 above)")
-
+	registerFlags(fs, &c, &level, &expected, &tokens, &tokenFiles)
+	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + envName(f.Name) + "]" })
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: aggregator [flags]\n\n"+
 			"A crash-safe HTTP event aggregator. Every flag falls back to the environment\n"+
@@ -162,8 +121,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
-	if len(e.errs) > 0 {
-		return Config{}, errors.Join(e.errs...)
+	if err := applyEnv(fs, getenv); err != nil {
+		return Config{}, err
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -178,6 +137,80 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	}
 	return c, c.validate()
 }
+
+// envName is the environment variable of a flag: AGG_ and the flag's name
+// in upper case with dashes as underscores (--data-dir: AGG_DATA_DIR).
+func envName(flagName string) string {
+	return "AGG_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// applyEnv sets every flag that the command line did not set from its
+// environment variable, when that is set.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envName(f.Name)
+		v := strings.TrimSpace(getenv(env))
+		if given[f.Name] || v == "" {
+			return
+		}
+		if err := f.Value.Set(v); err != nil {
+			errs = append(errs, fmt.Errorf("environment %s=%q: %w", env, v, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// registerFlags defines the flags on fs, with c's values as defaults.
+func registerFlags(fs *flag.FlagSet, c *Config, level *string, expected *uint64, tokens, tokenFiles *[3]string) {
+	fs.StringVar(&c.Addr, "addr", c.Addr, "listen address (host:port)")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory: <dir>/wal/ holds the log, <dir>/index.db the index")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
+	fs.StringVar(level, "log-level", *level, "log level: debug, info, warn or error")
+
+	fs.IntVar(&c.SegmentSize, "segment-size", c.SegmentSize, "bytes per log segment file (0: 16 MiB)")
+	fs.BoolVar(&c.WALRepair, "wal-repair", c.WALRepair, "cut the log at damage inside acknowledged records (copies the segment aside first)")
+
+	fs.Uint64Var(expected, "bloom-expected-keys", *expected, "keys the bloom filter is sized for (0: 1,048,576)")
+	fs.Float64Var(&c.BloomFPRate, "bloom-fp-rate", c.BloomFPRate, "bloom filter false-positive rate at the expected keys (0: 0.01)")
+	fs.IntVar(&c.ChunkEntries, "chunk-entries", c.ChunkEntries, "events the consumer applies per index transaction (0: 16384)")
+	fs.DurationVar(&c.ChunkDelay, "chunk-delay", c.ChunkDelay, "how long the consumer gathers appends into a chunk that is not full (0: 2ms)")
+	fs.DurationVar(&c.LockTimeout, "lock-timeout", c.LockTimeout, "wait for the index file lock before failing")
+
+	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", c.MaxBodyBytes, "request body limit (413 above)")
+	fs.IntVar(&c.MaxBatchEvents, "max-batch-events", c.MaxBatchEvents, "events per request (413 above)")
+	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", c.MaxPayloadBytes, "bytes of one event's payload (422 above)")
+	fs.IntVar(&c.MaxPayloadDepth, "max-payload-depth", c.MaxPayloadDepth, "nesting depth of one event's payload (422 above)")
+	fs.IntVar(&c.MaxStatsTopics, "max-stats-topics", c.MaxStatsTopics, "topics listed by GET /stats (the rest is flagged topics_truncated)")
+	fs.Uint64Var(&c.MaxLag, "max-lag", c.MaxLag, "answer 429 to publishers while the consumer is more events behind (0: no bound)")
+	fs.Int64Var(&c.MaxWALBytes, "max-wal-bytes", c.MaxWALBytes, "answer 429 to publishers while the log's segment files hold more bytes (0: no bound; else at least twice the segment size)")
+	fs.IntVar(&c.MaxInflightPublish, "max-inflight-publish", c.MaxInflightPublish, "publish requests on the write path at once (read and validated, waiting for the log)")
+	fs.DurationVar(&c.InflightWait, "inflight-wait", c.InflightWait, "how long a publish request waits for a free slot before 429 (0: not at all)")
+
+	for i, scope := range []string{"publish", "read", "admin"} {
+		fs.Var((*secretValue)(&tokens[i]), scope+"-token", "bearer token for "+tokenUse[i]+" (prefer the environment or --"+scope+"-token-file: flags show in ps)")
+		fs.StringVar(&tokenFiles[i], scope+"-token-file", "", "file holding the "+scope+" token (surrounding whitespace is trimmed)")
+	}
+	fs.BoolVar(&c.MetricsOpen, "metrics-open", c.MetricsOpen, "serve /metrics without a token even when reading needs one")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "serve HTTPS: PEM certificate chain file (with --tls-key)")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "serve HTTPS: PEM private key file (with --tls-cert)")
+
+	fs.DurationVar(&c.ReadHeaderTimeout, "read-header-timeout", c.ReadHeaderTimeout, "time to read request headers")
+	fs.DurationVar(&c.ReadTimeout, "read-timeout", c.ReadTimeout, "time to read a whole request")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "time to write a reply")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "keep-alive idle time")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "time for in-flight requests at shutdown")
+	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "request header limit (431 above)")
+}
+
+// secretValue is a string flag whose String is always empty, so that the
+// usage never shows it.
+type secretValue string
+
+func (s *secretValue) String() string     { return "" }
+func (s *secretValue) Set(v string) error { *s = secretValue(v); return nil }
 
 func (c *Config) validate() error {
 	var errs []error
@@ -248,110 +281,4 @@ func resolveTokens(values, files [3]string) (api.Tokens, error) {
 		}
 	}
 	return api.Tokens{Publish: values[0], Read: values[1], Admin: values[2]}, errors.Join(errs...)
-}
-
-// envFlags registers flags whose default comes from an environment
-// variable when it is set.
-type envFlags struct {
-	fs     *flag.FlagSet
-	getenv func(string) string
-	errs   []error
-}
-
-func (e *envFlags) env(name string) (string, bool) {
-	v := strings.TrimSpace(e.getenv(name))
-	return v, v != ""
-}
-
-func (e *envFlags) bad(env, v string, err error) {
-	e.errs = append(e.errs, fmt.Errorf("environment %s=%q: %w", env, v, err))
-}
-
-func (e *envFlags) str(p *string, name, env, usage string) {
-	if v, ok := e.env(env); ok {
-		*p = v
-	}
-	e.fs.StringVar(p, name, *p, usage+" [$"+env+"]")
-}
-
-// secret is str for a value that --help must not print (its default
-// may come from the environment).
-func (e *envFlags) secret(p *string, name, env, usage string) {
-	if v, ok := e.env(env); ok {
-		*p = v
-	}
-	e.fs.Var((*secretValue)(p), name, usage+" [$"+env+"]")
-}
-
-// secretValue is a string flag whose String is always empty, so that the
-// usage never shows it.
-type secretValue string
-
-func (s *secretValue) String() string     { return "" }
-func (s *secretValue) Set(v string) error { *s = secretValue(v); return nil }
-
-func (e *envFlags) bool(p *bool, name, env, usage string) {
-	if v, ok := e.env(env); ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			e.bad(env, v, err)
-		}
-		*p = b
-	}
-	e.fs.BoolVar(p, name, *p, usage+" [$"+env+"]")
-}
-
-func (e *envFlags) int(p *int, name, env, usage string) {
-	if v, ok := e.env(env); ok {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			e.bad(env, v, err)
-		}
-		*p = n
-	}
-	e.fs.IntVar(p, name, *p, usage+" [$"+env+"]")
-}
-
-func (e *envFlags) int64(p *int64, name, env, usage string) {
-	if v, ok := e.env(env); ok {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			e.bad(env, v, err)
-		}
-		*p = n
-	}
-	e.fs.Int64Var(p, name, *p, usage+" [$"+env+"]")
-}
-
-func (e *envFlags) uint64(p *uint64, name, env, usage string) {
-	if v, ok := e.env(env); ok {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			e.bad(env, v, err)
-		}
-		*p = n
-	}
-	e.fs.Uint64Var(p, name, *p, usage+" [$"+env+"]")
-}
-
-func (e *envFlags) float(p *float64, name, env, usage string) {
-	if v, ok := e.env(env); ok {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil {
-			e.bad(env, v, err)
-		}
-		*p = f
-	}
-	e.fs.Float64Var(p, name, *p, usage+" [$"+env+"]")
-}
-
-func (e *envFlags) duration(p *time.Duration, name, env, usage string) {
-	if v, ok := e.env(env); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			e.bad(env, v, err)
-		}
-		*p = d
-	}
-	e.fs.DurationVar(p, name, *p, usage+" [$"+env+"]")
 }

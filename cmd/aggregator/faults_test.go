@@ -10,36 +10,39 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/aggregator-dev/aggregator/dedup"
-	"github.com/aggregator-dev/aggregator/wal"
 )
 
-// TestDiskFullAnswers503AndRecovers fails the log's fsync with ENOSPC through
-// the wal fault seam: publishing answers 503 with Retry-After and acknowledges
-// nothing, /readyz says not ready, reads keep working, and once the disk
-// "has space" again writes resume by themselves.
+// TestDiskFullAnswers503AndRecovers runs the server on a small tmpfs that it
+// fills for real: publishing answers 503 with Retry-After and acknowledges
+// nothing, /readyz says not ready, reads keep working, and once space is
+// freed writes resume by themselves.
 func TestDiskFullAnswers503AndRecovers(t *testing.T) {
-	var full atomic.Bool
-	ts := startServerWith(t, t.TempDir(), func(c *Config) { c.ReadTimeout = 10 * time.Second }, func(o *wal.Options) {
-		o.RetryInterval = 20 * time.Millisecond
-		o.InjectFault = func(f wal.Fault) error {
-			if full.Load() && (f == wal.FaultSync || f == wal.FaultRecover) {
-				return syscall.ENOSPC
-			}
-			return nil
-		}
+	if testing.Short() {
+		t.Skip("mounts a tmpfs")
+	}
+	mnt := t.TempDir()
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=8m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v): run as root with CAP_SYS_ADMIN to test a real full disk", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	ts := startServerWith(t, filepath.Join(mnt, "data"), func(c *Config) {
+		c.ReadTimeout = 10 * time.Second
+		c.SegmentSize = 1 << 20
 	})
 	ts.waitReady(30 * time.Second)
 	ts.publish(makeEvent(1, "disk"))
 	ts.drain(10 * time.Second)
 
-	full.Store(true)
-	req, _ := http.NewRequest(http.MethodPost, ts.base+"/publish", strings.NewReader(string(mustJSON(t, makeEvent(2, "disk")))))
+	fillDisk(t, filepath.Join(mnt, "filler-1"))
+	// Large enough to need pages the full disk does not have.
+	big := makeEvent(2, "disk")
+	big["payload"] = map[string]any{"pad": strings.Repeat("x", 256<<10)}
+	req, _ := http.NewRequest(http.MethodPost, ts.base+"/publish", strings.NewReader(string(mustJSON(t, big))))
 	resp, err := ts.http.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -54,11 +57,17 @@ func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 	if status, _ := ts.do(http.MethodGet, "/events", "", nil); status != http.StatusOK {
 		t.Fatalf("reads on a full disk: %d", status)
 	}
+	// The failed write was cut back: take that space too.
+	fillDisk(t, filepath.Join(mnt, "filler-2"))
 	if status, _ := ts.do(http.MethodPost, "/publish", "application/json", mustJSON(t, makeEvent(3, "disk"))); status != http.StatusServiceUnavailable {
 		t.Fatalf("second publish on a full disk: %d", status)
 	}
 
-	full.Store(false)
+	for _, f := range []string{"filler-1", "filler-2"} {
+		if err := os.Remove(filepath.Join(mnt, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ts.waitReady(10 * time.Second)
 	ts.publish(makeEvent(4, "disk"))
 	st := ts.drain(10 * time.Second)
@@ -74,6 +83,34 @@ func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 	// acknowledged record, so it must not be delivered either.
 	if ids["id-2"] || st.Received != 2 {
 		t.Fatalf("an unacknowledged event was delivered: ids %v, stats %+v", ids, st)
+	}
+}
+
+// fillDisk writes path until the file system is full.
+func fillDisk(tb testing.TB, path string) {
+	tb.Helper()
+	f, err := os.Create(path)
+	if err != nil && !errors.Is(err, syscall.ENOSPC) {
+		tb.Fatal(err)
+	}
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	chunk := make([]byte, 64<<10)
+	for i := 0; i < 1<<14; i++ { // bounded: 1 GiB at most
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				tb.Fatal(err)
+			}
+			break
+		}
+	}
+	// Single pages left over by the chunked writes.
+	for i := 0; i < 1<<10; i++ {
+		if _, err := f.Write(chunk[:512]); err != nil {
+			return
+		}
 	}
 }
 
@@ -123,7 +160,7 @@ func TestPublishWhileIndexOpens(t *testing.T) {
 		}
 	}
 	defer release()
-	ts := startServerWith(t, dir, func(c *Config) { c.LockTimeout = 30 * time.Second }, nil)
+	ts := startServerWith(t, dir, func(c *Config) { c.LockTimeout = 30 * time.Second })
 
 	r := ts.publish([]any{makeEvent(1, "early"), makeEvent(2, "early"), makeEvent(1, "early")})
 	if r.Enqueued != 3 || r.LastOffset != 3 {

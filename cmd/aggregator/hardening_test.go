@@ -63,7 +63,7 @@ func TestRepairFillsLogUpToCheckpoint(t *testing.T) {
 		t.Fatal("started on a damaged log without --wal-repair")
 	}
 
-	ts = startServerWith(t, dir, func(c *Config) { c.WALRepair = true }, nil)
+	ts = startServerWith(t, dir, func(c *Config) { c.WALRepair = true })
 	ts.waitReady(30 * time.Second)
 	if logs := ts.logs.String(); !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, "fillers=5 from_offset=2 to_offset=6") {
 		t.Fatalf("no warning with the filler count in the log:\n%s", logs)
@@ -120,10 +120,9 @@ func testBackpressure(t *testing.T, maxLag uint64, maxBytes int64) {
 		releasedC sync.Once
 		kick      = make(chan struct{}, 1)
 	)
-	seam := func(o *dedup.ConsumerOptions, l *wal.Log, s *dedup.Store) {
-		o.ChunkEntries = 20
-		o.BeforeApply = func(int) {
-			// Slow: one chunk per refused publish, so the bounds are hit
+	seam := func(l *wal.Log, s *dedup.Store) dedup.Source {
+		return gatedSource{Log: l, gate: func() {
+			// Slow: one read per refused publish, so the bounds are hit
 			// again and again however fast this machine is; free once
 			// the publishers are done.
 			select {
@@ -137,14 +136,15 @@ func testBackpressure(t *testing.T, maxLag uint64, maxBytes int64) {
 			maxSize = max(maxSize, st.Bytes)
 			applies++
 			mu.Unlock()
-		}
+		}}
 	}
 	dir := t.TempDir()
-	ts := startServerWithSeams(t, dir, func(c *Config) {
+	ts := startServerWithSeam(t, dir, func(c *Config) {
 		c.MaxLag = maxLag
 		c.SegmentSize = segment
 		c.MaxWALBytes = maxBytes
-	}, nil, seam)
+		c.ChunkEntries = 20
+	}, seam)
 	ts.waitReady(30 * time.Second)
 	defer releasedC.Do(func() { close(release) })
 
@@ -217,7 +217,7 @@ func testBackpressure(t *testing.T, maxLag uint64, maxBytes int64) {
 		t.Errorf("lag reached %d, above the bound %d plus one request (%d)", maxSeen, maxLag, batch)
 	}
 	// One request's records: bodies of about 200 bytes plus the frame.
-	if maxBytes > 0 && maxSize > maxBytes+batch*(400+recordOverhead) {
+	if maxBytes > 0 && maxSize > maxBytes+batch*(400+wal.RecordOverhead) {
 		t.Errorf("log reached %d bytes, above the bound %d plus one request", maxSize, maxBytes)
 	}
 	listed := map[string]bool{}
@@ -234,6 +234,18 @@ func testBackpressure(t *testing.T, maxLag uint64, maxBytes int64) {
 	}
 	// Below the bounds again: accepted.
 	ts.publish(makeEvent(1, "after"))
+}
+
+// gatedSource is the log as the consumer reads it, with gate called before
+// every read.
+type gatedSource struct {
+	*wal.Log
+	gate func()
+}
+
+func (g gatedSource) Read(from uint64, limit int, fn func(uint64, []byte) error) error {
+	g.gate()
+	return g.Log.Read(from, limit, fn)
 }
 
 // TestMaxWALBytesAnswers429 checks the size bound on the backend alone.

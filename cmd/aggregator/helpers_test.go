@@ -17,6 +17,7 @@ import (
 	"github.com/aggregator-dev/aggregator/api"
 	"github.com/aggregator-dev/aggregator/dedup"
 	"github.com/aggregator-dev/aggregator/event"
+	"github.com/aggregator-dev/aggregator/internal/poll"
 	"github.com/aggregator-dev/aggregator/wal"
 )
 
@@ -87,73 +88,55 @@ type publishReply struct {
 	LastOffset  uint64 `json:"last_offset"`
 }
 
-type statsReply struct {
-	Received         uint64            `json:"received"`
-	UniqueProcessed  uint64            `json:"unique_processed"`
-	DuplicateDropped uint64            `json:"duplicate_dropped"`
-	Topics           []string          `json:"topics"`
-	TopicCounts      map[string]uint64 `json:"topic_counts"`
-	UptimeSeconds    int64             `json:"uptime_seconds"`
-	WAL              struct {
-		FirstOffset uint64 `json:"first_offset"`
-		LastOffset  uint64 `json:"last_offset"`
-		Checkpoint  uint64 `json:"checkpoint"`
-		Lag         uint64 `json:"lag"`
-		Segments    int    `json:"segments"`
-		Bytes       int64  `json:"bytes"`
-	} `json:"wal"`
-	Dedup struct {
-		Keys            uint64  `json:"keys"`
-		BloomBits       uint64  `json:"bloom_bits"`
-		BloomFPEstimate float64 `json:"bloom_fp_estimate"`
-	} `json:"dedup"`
-}
-
-func (c *client) stats() statsReply {
+func (c *client) stats() api.StatsReply {
 	c.tb.Helper()
 	status, body := c.do(http.MethodGet, "/stats", "", nil)
 	if status != http.StatusOK {
 		c.tb.Fatalf("stats: status %d: %s", status, body)
 	}
-	var s statsReply
+	var s api.StatsReply
 	mustDecode(c.tb, body, &s)
 	return s
 }
 
 // drain polls /stats until the consumer has applied every received event
 // (the reference's drain_queue_and_wait, with a deadline that fails).
-func (c *client) drain(timeout time.Duration) statsReply {
+func (c *client) drain(timeout time.Duration) api.StatsReply {
 	c.tb.Helper()
-	deadline := time.Now().Add(timeout)
-	var last statsReply
-	for {
-		status, body, err := c.try(http.MethodGet, "/stats", "", nil)
-		if err == nil && status == http.StatusOK {
-			mustDecode(c.tb, body, &last)
-			if last.Received == last.UniqueProcessed+last.DuplicateDropped && last.WAL.Lag == 0 {
-				return last
-			}
+	var (
+		last   api.StatsReply
+		status int
+		err    error
+	)
+	caughtUp := poll.Within(timeout, func() bool {
+		var body []byte
+		status, body, err = c.try(http.MethodGet, "/stats", "", nil)
+		if err != nil || status != http.StatusOK {
+			return false
 		}
-		if time.Now().After(deadline) {
-			c.tb.Fatalf("consumer did not catch up within %v: last stats %+v (status %d, err %v)", timeout, last, status, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+		mustDecode(c.tb, body, &last)
+		return last.Received == last.UniqueProcessed+last.DuplicateDropped && last.WAL.Lag == 0
+	})
+	if !caughtUp {
+		c.tb.Fatalf("consumer did not catch up within %v: last stats %+v (status %d, err %v)", timeout, last, status, err)
 	}
+	return last
 }
 
 // waitReady polls /readyz until 200.
 func (c *client) waitReady(timeout time.Duration) {
 	c.tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		status, body, err := c.try(http.MethodGet, "/readyz", "", nil)
-		if err == nil && status == http.StatusOK {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.tb.Fatalf("not ready within %v: status %d %s, err %v", timeout, status, body, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var (
+		status int
+		body   []byte
+		err    error
+	)
+	ready := poll.Within(timeout, func() bool {
+		status, body, err = c.try(http.MethodGet, "/readyz", "", nil)
+		return err == nil && status == http.StatusOK
+	})
+	if !ready {
+		c.tb.Fatalf("not ready within %v: status %d %s, err %v", timeout, status, body, err)
 	}
 }
 
@@ -239,21 +222,22 @@ type testServer struct {
 // ends (or stop is called), and waits until it is ready.
 func startServer(tb testing.TB, dir string, mutate func(*Config)) *testServer {
 	tb.Helper()
-	ts := startServerWith(tb, dir, mutate, nil)
+	ts := startServerWith(tb, dir, mutate)
 	ts.waitReady(30 * time.Second)
 	return ts
 }
 
-// startServerWith is startServer with a seam on the log's options; it
-// returns once the server listens, without waiting for it to be ready.
-func startServerWith(tb testing.TB, dir string, mutate func(*Config), walSeam func(*wal.Options)) *testServer {
+// startServerWith is startServer returning once the server listens, without
+// waiting for it to be ready.
+func startServerWith(tb testing.TB, dir string, mutate func(*Config)) *testServer {
 	tb.Helper()
-	return startServerWithSeams(tb, dir, mutate, walSeam, nil)
+	return startServerWithSeam(tb, dir, mutate, nil)
 }
 
-// startServerWithSeams is startServerWith with a seam on the consumer too.
-func startServerWithSeams(tb testing.TB, dir string, mutate func(*Config), walSeam func(*wal.Options),
-	consumerSeam func(*dedup.ConsumerOptions, *wal.Log, *dedup.Store)) *testServer {
+// startServerWithSeam is startServerWith with a seam on the log as the
+// consumer reads it (see Server.sourceSeam).
+func startServerWithSeam(tb testing.TB, dir string, mutate func(*Config),
+	sourceSeam func(*wal.Log, *dedup.Store) dedup.Source) *testServer {
 	tb.Helper()
 	cfg := defaultConfig()
 	cfg.Addr = "127.0.0.1:0"
@@ -266,8 +250,7 @@ func startServerWithSeams(tb testing.TB, dir string, mutate func(*Config), walSe
 	ctx, cancel := context.WithCancel(context.Background())
 	logger, logs := testLogger(tb)
 	srv := NewServer(cfg, logger)
-	srv.walSeam = walSeam
-	srv.consumerSeam = consumerSeam
+	srv.sourceSeam = sourceSeam
 	ts := &testServer{srv: srv, cancel: cancel, done: make(chan error, 1), logs: logs}
 	go func() { ts.done <- srv.Run(ctx) }()
 	select {

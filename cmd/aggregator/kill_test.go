@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/aggregator-dev/aggregator/internal/poll"
 )
 
 // TestKillUnderLoad builds the real binary, kills it with SIGKILL while
@@ -51,11 +53,7 @@ func TestKillUnderLoad(t *testing.T) {
 				}
 			}()
 		}
-		deadline := time.Now().Add(60 * time.Second)
-		for ackedThisRound.Load() < perRound && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if ackedThisRound.Load() < perRound {
+		if !poll.Within(60*time.Second, func() bool { return ackedThisRound.Load() >= perRound }) {
 			stop()
 			wg.Wait()
 			t.Fatalf("round %d: only %d events acknowledged in 60s", round, ackedThisRound.Load())

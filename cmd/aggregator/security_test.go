@@ -71,7 +71,7 @@ func TestTLSAndTokens(t *testing.T) {
 	ts := startServerWith(t, t.TempDir(), func(c *Config) {
 		c.TLSCert, c.TLSKey = certFile, keyFile
 		c.Tokens = tokens
-	}, nil)
+	})
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}

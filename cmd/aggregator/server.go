@@ -15,22 +15,30 @@ import (
 	"github.com/aggregator-dev/aggregator/api"
 	"github.com/aggregator-dev/aggregator/dedup"
 	"github.com/aggregator-dev/aggregator/wal"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Server is the whole service: the log, the index, the consumer and the HTTP
 // server, wired together. Run it once.
 type Server struct {
 	cfg     Config
-	log     *slog.Logger
+	logger  *slog.Logger
 	started chan struct{}
 	addr    net.Addr
 
-	// walSeam, when set (by tests), adjusts the log's options before Open,
-	// e.g. to inject I/O faults.
-	walSeam func(*wal.Options)
-	// consumerSeam, when set (by tests), adjusts the consumer's options
-	// before it starts, e.g. to slow it down; it gets the log and the index.
-	consumerSeam func(*dedup.ConsumerOptions, *wal.Log, *dedup.Store)
+	// What Run opened, closed by closeAll in reverse order.
+	closers []closer
+
+	// sourceSeam, when set (by tests), wraps the log as the consumer reads
+	// it, e.g. to slow the consumer down; it gets the log and the index.
+	sourceSeam func(*wal.Log, *dedup.Store) dedup.Source
+}
+
+// closer is one thing Run opened, with what to say when closing it fails.
+type closer struct {
+	what  string
+	close func() error
 }
 
 // NewServer returns a server for cfg; logger nil discards the logs.
@@ -38,7 +46,7 @@ func NewServer(cfg Config, logger *slog.Logger) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: logger, started: make(chan struct{})}
+	return &Server{cfg: cfg, logger: logger, started: make(chan struct{})}
 }
 
 // Started is closed once the server listens (Addr is valid then).
@@ -57,79 +65,123 @@ func (s *Server) Addr() net.Addr {
 // Run opens the log, starts serving (publishing works from then on), opens the
 // index and starts the consumer, and serves until ctx ends. Then it stops
 // accepting, lets in-flight requests finish, stops the consumer and closes the
-// log and the index. It returns nil after a clean shutdown.
+// index and the log. It returns nil after a clean shutdown.
 func (s *Server) Run(ctx context.Context) (err error) {
-	cfg := s.cfg
+	defer func() {
+		err = errors.Join(err, s.closeAll())
+		if err == nil {
+			s.logger.Info("stopped cleanly")
+		}
+	}()
+	tlsConfig, err := s.loadTLS()
+	if err != nil {
+		return err
+	}
 	if err := s.prepareDataDir(); err != nil {
 		return err
 	}
-	var tlsConfig *tls.Config
-	if cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
-			return fmt.Errorf("tls: %w", err)
-		}
-		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
-	}
 	s.logAccess()
-	metrics := api.NewMetrics()
-
-	walDir := filepath.Join(cfg.DataDir, "wal")
-	walOpts := &wal.Options{
-		SegmentSize: cfg.SegmentSize,
-		Logger:      s.log.With("component", "wal"),
-		Repair:      cfg.WALRepair,
-		OnCommit:    metrics.OnCommit,
-	}
-	if s.walSeam != nil {
-		s.walSeam(walOpts)
-	}
-	wlog, err := wal.Open(walDir, walOpts)
-	if errors.Is(err, wal.ErrLocked) {
-		return fmt.Errorf("data directory %s is in use by another aggregator process: %w", cfg.DataDir, err)
-	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := api.NewMetrics(reg)
 	if err != nil {
-		return fmt.Errorf("open log %s: %w", walDir, err)
+		return err
 	}
-	// The log fsyncs its own directory; its entry in the data directory,
-	// and the data directory's in its parent, need the same after a first
-	// start.
-	err = syncDir(cfg.DataDir)
-	if err == nil {
-		err = syncDir(filepath.Dir(filepath.Clean(cfg.DataDir)))
-	}
+	wlog, err := s.openLog(reg)
 	if err != nil {
-		_ = wlog.Close()
-		return fmt.Errorf("sync data dir: %w", err)
+		return err
 	}
-	defer func() {
-		if cerr := wlog.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("close log: %w", cerr)
-		}
-		if err == nil {
-			s.log.Info("stopped cleanly")
-		}
-	}()
-	ws := wlog.Stats()
-	s.log.Info("log open", "dir", walDir, "first_offset", ws.FirstOffset, "last_offset", ws.LastOffset, "segments", ws.Segments)
-
 	// After a --wal-repair the log may have lost records the index has
 	// applied: open the index before serving, so that its check runs before
 	// any new event gets an offset (see openIndex).
 	var early *dedup.Store
-	if cfg.WALRepair {
-		if early, err = s.openIndex(wlog); err != nil {
+	if s.cfg.WALRepair {
+		if early, err = s.openIndex(wlog, reg); err != nil {
 			return err
 		}
 	}
+	be := newBackend(wlog, limits{maxLag: s.cfg.MaxLag, maxBytes: s.cfg.MaxWALBytes})
+	idx := s.startIndex(wlog, early, be, reg)
+	s.onClose("close index", idx.close)
+	web, err := s.serve(s.newHandler(be, metrics), tlsConfig)
+	if err != nil {
+		return err
+	}
+	s.onClose("serve", web.shutdown)
+	return s.wait(ctx, web, idx, wlog)
+}
 
-	be := newBackend(wlog, limits{maxLag: cfg.MaxLag, maxBytes: cfg.MaxWALBytes})
+// onClose registers what closeAll closes, in reverse order of registration.
+func (s *Server) onClose(what string, close func() error) {
+	s.closers = append(s.closers, closer{what: what, close: close})
+}
+
+// closeAll closes everything Run opened, the last opened first, and returns
+// the errors of those that failed.
+func (s *Server) closeAll() error {
+	var errs []error
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		if err := s.closers[i].close(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.closers[i].what, err))
+		}
+	}
+	s.closers = nil
+	return errors.Join(errs...)
+}
+
+// loadTLS returns the TLS configuration, nil when TLS is off.
+func (s *Server) loadTLS() (*tls.Config, error) {
+	if s.cfg.TLSCert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(s.cfg.TLSCert, s.cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}, nil
+}
+
+// openLog opens <data-dir>/wal and fsyncs the directories above it.
+func (s *Server) openLog(reg prometheus.Registerer) (*wal.Log, error) {
+	cfg := s.cfg
+	dir := filepath.Join(cfg.DataDir, "wal")
+	wlog, err := wal.Open(dir, &wal.Options{
+		SegmentSize: cfg.SegmentSize,
+		Logger:      s.logger.With("component", "wal"),
+		Repair:      cfg.WALRepair,
+		Registerer:  reg,
+	})
+	if errors.Is(err, wal.ErrLocked) {
+		return nil, fmt.Errorf("data directory %s is in use by another aggregator process: %w", cfg.DataDir, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open log %s: %w", dir, err)
+	}
+	s.onClose("close log", wlog.Close)
+	// The log fsyncs its own directory; its entry in the data directory,
+	// and the data directory's in its parent, need the same after a first
+	// start.
+	err = wal.SyncDir(cfg.DataDir)
+	if err == nil {
+		err = wal.SyncDir(filepath.Dir(filepath.Clean(cfg.DataDir)))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sync data dir: %w", err)
+	}
+	ws := wlog.Stats()
+	s.logger.Info("log open", "dir", dir, "first_offset", ws.FirstOffset, "last_offset", ws.LastOffset, "segments", ws.Segments)
+	return wlog, nil
+}
+
+// newHandler returns the API over be.
+func (s *Server) newHandler(be *backend, metrics *api.Metrics) *api.Handler {
+	cfg := s.cfg
 	inflightWait := cfg.InflightWait
 	if inflightWait == 0 {
 		inflightWait = -1 // api: negative is "do not wait"; zero its default
 	}
-	handler := api.New(be, &api.Options{
-		Logger:          s.log.With("component", "api"),
+	return api.New(be, &api.Options{
+		Logger:          s.logger.With("component", "api"),
 		Metrics:         metrics,
 		MaxBodyBytes:    cfg.MaxBodyBytes,
 		MaxBatchEvents:  cfg.MaxBatchEvents,
@@ -142,128 +194,157 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		Tokens:             cfg.Tokens,
 		MetricsOpen:        cfg.MetricsOpen,
 	})
+}
+
+// httpStage is the HTTP server serving in the background.
+type httpStage struct {
+	srv     *http.Server
+	timeout time.Duration // for in-flight requests at shutdown
+	logger  *slog.Logger
+	done    chan struct{} // closed when Serve returned
+	err     error         // what Serve returned
+}
+
+// serve listens and serves h in the background.
+func (s *Server) serve(h http.Handler, tlsConfig *tls.Config) (*httpStage, error) {
+	cfg := s.cfg
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
-		if early != nil {
-			_ = early.Close()
-		}
-		return fmt.Errorf("listen: %w", err)
+		return nil, fmt.Errorf("listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
-		ReadTimeout:       cfg.ReadTimeout,
-		WriteTimeout:      cfg.WriteTimeout,
-		IdleTimeout:       cfg.IdleTimeout,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-		TLSConfig:         tlsConfig,
+	web := &httpStage{
+		srv: &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+			ReadTimeout:       cfg.ReadTimeout,
+			WriteTimeout:      cfg.WriteTimeout,
+			IdleTimeout:       cfg.IdleTimeout,
+			MaxHeaderBytes:    cfg.MaxHeaderBytes,
+			ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+			TLSConfig:         tlsConfig,
+		},
+		timeout: cfg.ShutdownTimeout,
+		logger:  s.logger,
+		done:    make(chan struct{}),
 	}
-	serveErr := make(chan error, 1)
 	go func() {
+		defer close(web.done)
 		if tlsConfig != nil {
-			serveErr <- srv.ServeTLS(ln, "", "") // the certificate is in TLSConfig
+			web.err = web.srv.ServeTLS(ln, "", "") // the certificate is in TLSConfig
 			return
 		}
-		serveErr <- srv.Serve(ln)
+		web.err = web.srv.Serve(ln)
 	}()
 	s.addr = ln.Addr()
 	close(s.started)
-	s.log.Info("listening", "addr", s.addr.String(), "data_dir", cfg.DataDir, "tls", tlsConfig != nil)
+	s.logger.Info("listening", "addr", s.addr.String(), "data_dir", cfg.DataDir, "tls", tlsConfig != nil)
+	return web, nil
+}
 
-	// The index opens in the background (it rebuilds its bloom filter), so
-	// publishing does not wait for it; reads answer 503 until it is there.
-	type opened struct {
-		store    *dedup.Store
-		consumer *dedup.Consumer
-		err      error
+// shutdown stops accepting and lets in-flight requests finish (their appends
+// complete: the log is still open) for up to the shutdown timeout, then
+// closes the connections that are left.
+func (web *httpStage) shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), web.timeout)
+	defer cancel()
+	if err := web.srv.Shutdown(ctx); err != nil {
+		web.logger.Warn("shutdown: closing remaining connections", "err", err)
+		_ = web.srv.Close()
 	}
-	indexc := make(chan opened, 1)
-	go func() {
-		o := opened{store: early}
-		if o.store == nil {
-			o.store, o.err = s.openIndex(wlog)
-		}
-		if o.err == nil {
-			copts := &dedup.ConsumerOptions{
-				ChunkEntries: cfg.ChunkEntries,
-				ChunkDelay:   cfg.ChunkDelay,
-				Logger:       s.log.With("component", "consumer"),
-				OnApply:      metrics.OnApply,
-			}
-			if s.consumerSeam != nil {
-				s.consumerSeam(copts, wlog, o.store)
-			}
-			o.consumer = dedup.NewConsumer(o.store, wlog, copts)
-			o.consumer.Start()
-			be.attach(o.store, o.consumer)
-		}
-		indexc <- o
-	}()
+	<-web.done // Serve returned http.ErrServerClosed, or an error that wait reported
+	return nil
+}
 
-	var idx opened
-	indexDone := false
-	var runErr error
-wait:
+// indexStage is the index and its consumer, opened and started in the
+// background by startIndex: the index rebuilds its bloom filter, and
+// publishing does not wait for it (reads answer 503 until it is there).
+type indexStage struct {
+	done     chan struct{} // closed when the index is open and the consumer runs, or failed
+	store    *dedup.Store
+	consumer *dedup.Consumer
+	err      error
+}
+
+// startIndex opens the index (unless early already is), starts the consumer
+// and attaches both to the backend, in the background.
+func (s *Server) startIndex(wlog *wal.Log, early *dedup.Store, be *backend, reg prometheus.Registerer) *indexStage {
+	st := &indexStage{done: make(chan struct{}), store: early}
+	go func() {
+		defer close(st.done)
+		if st.store == nil {
+			if st.store, st.err = s.openIndex(wlog, reg); st.err != nil {
+				return
+			}
+		}
+		var src dedup.Source = wlog
+		if s.sourceSeam != nil {
+			src = s.sourceSeam(wlog, st.store)
+		}
+		st.consumer, st.err = dedup.NewConsumer(st.store, src, &dedup.ConsumerOptions{
+			ChunkEntries: s.cfg.ChunkEntries,
+			ChunkDelay:   s.cfg.ChunkDelay,
+			Logger:       s.logger.With("component", "consumer"),
+			Registerer:   reg,
+		})
+		if st.err != nil {
+			return
+		}
+		st.consumer.Start()
+		be.attach(st.store, st.consumer)
+	}()
+	return st
+}
+
+// close waits for the index to be open (dedup.Open cannot be interrupted),
+// then stops the consumer and closes the index.
+func (st *indexStage) close() error {
+	<-st.done
+	var errs []error
+	if st.consumer != nil {
+		if err := st.consumer.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close consumer: %w", err))
+		}
+	}
+	if st.store != nil {
+		if err := st.store.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// wait serves until ctx ends (nil), the HTTP server fails or the index
+// cannot be opened (the error).
+func (s *Server) wait(ctx context.Context, web *httpStage, idx *indexStage, wlog *wal.Log) error {
+	opened := idx.done
 	for {
 		select {
 		case <-ctx.Done():
-			s.log.Info("shutting down", "cause", context.Cause(ctx))
-			break wait
-		case err := <-serveErr:
-			runErr = fmt.Errorf("serve: %w", err)
-			serveErr = nil
-			break wait
-		case idx = <-indexc:
-			indexDone = true
+			s.logger.Info("shutting down", "cause", context.Cause(ctx))
+			return nil
+		case <-web.done:
+			return fmt.Errorf("serve: %w", web.err)
+		case <-opened:
 			if idx.err != nil {
-				runErr = idx.err
-				break wait
+				return idx.err
 			}
-			s.log.Info("index open, consumer started", "checkpoint", idx.store.Checkpoint(),
+			s.logger.Info("index open, consumer started", "checkpoint", idx.store.Checkpoint(),
 				"last_offset", wlog.LastOffset())
-			indexc = nil
+			opened = nil
 		}
 	}
-
-	// Stop accepting and let in-flight requests finish (their appends
-	// complete: the log is still open).
-	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	if err := srv.Shutdown(shutCtx); err != nil {
-		s.log.Warn("shutdown: closing remaining connections", "err", err)
-		_ = srv.Close()
-	}
-	cancel()
-	if serveErr != nil {
-		if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) && runErr == nil {
-			runErr = fmt.Errorf("serve: %w", err)
-		}
-	}
-	if !indexDone {
-		idx = <-indexc // dedup.Open cannot be interrupted; wait for it
-	}
-	if idx.consumer != nil {
-		if err := idx.consumer.Close(); err != nil && runErr == nil {
-			runErr = fmt.Errorf("close consumer: %w", err)
-		}
-	}
-	if idx.store != nil {
-		if err := idx.store.Close(); err != nil && runErr == nil {
-			runErr = fmt.Errorf("close index: %w", err)
-		}
-	}
-	return runErr // the log closes last, deferred above
 }
 
-// openIndex opens <data-dir>/index.db.
-func (s *Server) openIndex(wlog *wal.Log) (*dedup.Store, error) {
+// openIndex opens <data-dir>/index.db and checks it against the log.
+func (s *Server) openIndex(wlog *wal.Log, reg prometheus.Registerer) (*dedup.Store, error) {
 	path := filepath.Join(s.cfg.DataDir, "index.db")
 	start := time.Now()
 	st, err := dedup.Open(path, &dedup.Options{
 		ExpectedKeys:      s.cfg.BloomExpectedKeys,
 		FalsePositiveRate: s.cfg.BloomFPRate,
 		LockTimeout:       s.cfg.LockTimeout,
-		Logger:            s.log.With("component", "dedup"),
+		Logger:            s.logger.With("component", "dedup"),
+		Registerer:        reg,
 	})
 	if errors.Is(err, dedup.ErrLocked) {
 		return nil, fmt.Errorf("index %s is in use by another process: %w", path, err)
@@ -271,6 +352,23 @@ func (s *Server) openIndex(wlog *wal.Log) (*dedup.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open index %s: %w", path, err)
 	}
+	if err := s.checkIndex(st, wlog); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	// bbolt does not fsync the directory that holds a new index.db.
+	if err := wal.SyncDir(s.cfg.DataDir); err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("sync data dir: %w", err)
+	}
+	s.logger.Info("index open", "path", path, "took", time.Since(start).Round(time.Millisecond))
+	return st, nil
+}
+
+// checkIndex refuses an index whose checkpoint the log cannot continue from:
+// ahead of the log's end (unless --wal-repair, which fills the gap), or
+// behind the log's front.
+func (s *Server) checkIndex(st *dedup.Store, wlog *wal.Log) error {
 	if cp, last := st.Checkpoint(), wlog.LastOffset(); cp > last {
 		// The index has applied records the log no longer holds: new
 		// appends would get offsets the consumer skips as applied, and be
@@ -278,8 +376,7 @@ func (s *Server) openIndex(wlog *wal.Log) (*dedup.Store, error) {
 		if !s.cfg.WALRepair {
 			// Not after a repair of ours: a log from elsewhere, or a
 			// deleted one. Leave the decision to the operator.
-			_ = st.Close()
-			return nil, fmt.Errorf("index checkpoint %d is ahead of the log's last offset %d: the log lost "+
+			return fmt.Errorf("index checkpoint %d is ahead of the log's last offset %d: the log lost "+
 				"acknowledged records; refusing to start, since new events would get offsets the consumer "+
 				"skips as applied (--wal-repair fills the gap)", cp, last)
 		}
@@ -288,10 +385,9 @@ func (s *Server) openIndex(wlog *wal.Log) (*dedup.Store, error) {
 		// checkpoint. The consumer never reads the fillers (it resumes
 		// after the checkpoint) and retention frees them.
 		if err := fillLog(wlog, cp); err != nil {
-			_ = st.Close()
-			return nil, fmt.Errorf("fill the log up to the index checkpoint %d: %w", cp, err)
+			return fmt.Errorf("fill the log up to the index checkpoint %d: %w", cp, err)
 		}
-		s.log.Warn("the repaired log ended before the index checkpoint: appended empty filler records "+
+		s.logger.Warn("the repaired log ended before the index checkpoint: appended empty filler records "+
 			"so that new events never reuse an applied offset; the events at these offsets were applied "+
 			"to the index before the damage and stay listed",
 			"fillers", cp-last, "from_offset", last+1, "to_offset", cp)
@@ -301,18 +397,11 @@ func (s *Server) openIndex(wlog *wal.Log) (*dedup.Store, error) {
 		// the index still needs (index.db deleted or replaced by an older
 		// copy): the consumer could never resume. Nothing acknowledged is
 		// lost yet: the log keeps it; the operator decides.
-		_ = st.Close()
-		return nil, fmt.Errorf("index checkpoint %d is behind the log's first offset %d: records %d to %d "+
+		return fmt.Errorf("index checkpoint %d is behind the log's first offset %d: records %d to %d "+
 			"were freed from the log but are not in the index (was index.db deleted or replaced?); "+
 			"refusing to start", cp, first, cp+1, first-1)
 	}
-	// bbolt does not fsync the directory that holds a new index.db.
-	if err := syncDir(s.cfg.DataDir); err != nil {
-		_ = st.Close()
-		return nil, fmt.Errorf("sync data dir: %w", err)
-	}
-	s.log.Info("index open", "path", path, "took", time.Since(start).Round(time.Millisecond))
-	return st, nil
+	return nil
 }
 
 // fillerChunk bounds the filler records of one append.
@@ -349,7 +438,7 @@ func (s *Server) prepareDataDir() error {
 		return fmt.Errorf("data dir %s: not a directory", dir)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		s.log.Warn("data directory is accessible to other users; chmod 0700 it", "dir", dir, "mode", perm.String())
+		s.logger.Warn("data directory is accessible to other users; chmod 0700 it", "dir", dir, "mode", perm.String())
 	}
 	return nil
 }
@@ -358,28 +447,14 @@ func (s *Server) prepareDataDir() error {
 func (s *Server) logAccess() {
 	t := s.cfg.Tokens
 	if t == (api.Tokens{}) {
-		s.log.Warn("no tokens configured: every route is open (set --publish-token, --read-token or --admin-token, or their files)")
+		s.logger.Warn("no tokens configured: every route is open (set --publish-token, --read-token or --admin-token, or their files)")
 		return
 	}
 	publish := t.Publish != "" || t.Admin != ""
 	read := t.Read != "" || t.Admin != ""
 	metrics := read && !s.cfg.MetricsOpen
-	s.log.Info("access control", "publish_needs_token", publish, "read_needs_token", read, "metrics_needs_token", metrics)
+	s.logger.Info("access control", "publish_needs_token", publish, "read_needs_token", read, "metrics_needs_token", metrics)
 	if !publish || !read {
-		s.log.Warn("some routes are open while others need a token", "publish_open", !publish, "read_open", !read)
+		s.logger.Warn("some routes are open while others need a token", "publish_open", !publish, "read_open", !read)
 	}
-}
-
-// syncDir fsyncs a directory, so that the entries created in it survive a
-// power loss.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	if err := d.Sync(); err != nil {
-		_ = d.Close()
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return d.Close()
 }
