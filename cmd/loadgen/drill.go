@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -16,6 +15,10 @@ import (
 	"strings"
 	"time"
 )
+
+// errBadDrillConfig is returned, wrapped, by drill for a configuration it
+// cannot run: events it cannot generate, or a data dir that is not empty.
+var errBadDrillConfig = errors.New("loadgen: usage")
 
 // drillConfig describes a crash drill.
 type drillConfig struct {
@@ -77,7 +80,7 @@ func drill(ctx context.Context, cfg drillConfig) (res drillResult, err error) {
 	}
 	cfg.Gen.RunID = "probe"
 	if err := cfg.Gen.validate(); err != nil {
-		return res, fmt.Errorf("%w: %v", errUsage, err)
+		return res, fmt.Errorf("%w: %v", errBadDrillConfig, err)
 	}
 
 	d := &drillRun{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Gen.Seed, 0x5eed))}
@@ -158,7 +161,7 @@ func (d *drillRun) setup(ctx context.Context) error {
 	if d.dataDir == "" {
 		d.dataDir = filepath.Join(d.workDir, "data")
 	} else if ents, err := os.ReadDir(d.dataDir); err == nil && len(ents) > 0 {
-		return fmt.Errorf("%w: data dir %s is not empty (the drill needs a fresh one)", errUsage, d.dataDir)
+		return fmt.Errorf("%w: data dir %s is not empty (the drill needs a fresh one)", errBadDrillConfig, d.dataDir)
 	}
 	if d.logFile, err = os.Create(filepath.Join(d.workDir, "server.log")); err != nil {
 		return fmt.Errorf("server log: %w", err)
@@ -500,44 +503,4 @@ func diffCounters(a, b statsResponse) string {
 		diffs = append(diffs, fmt.Sprintf("topics %v -> %v", a.Topics, b.Topics))
 	}
 	return strings.Join(diffs, ", ")
-}
-
-func runDrill(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("loadgen drill", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg drillConfig
-	var format string
-	genFlags(fs, &cfg.Gen, 20000, 50, &format)
-	fs.StringVar(&cfg.Server, "server", "", "aggregator binary (default: go build the -build package)")
-	fs.StringVar(&cfg.BuildPkg, "build", "./cmd/aggregator", "package built when -server is not given")
-	fs.StringVar(&cfg.DataDir, "data-dir", "", "fresh data directory (default: a temporary one)")
-	fs.IntVar(&cfg.Cycles, "cycles", 5, "kill -9 cycles")
-	fs.IntVar(&cfg.Concurrency, "concurrency", 8, "concurrent publishers")
-	fs.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "bound of every wait (ready, lag 0, a publish round)")
-	fs.BoolVar(&cfg.Keep, "keep", false, "keep the work directory (data, server.log, acklog) even when all passed")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	if cfg.Cycles < 1 || cfg.Cycles > 1000 {
-		fmt.Fprintln(stderr, "loadgen: cycles must be in [1, 1000]")
-		return exitUsage
-	}
-	cfg.Gen.Format = resolveFormat(format, cfg.Gen.Batch)
-	cfg.Out = stdout
-	res, err := drill(ctx, cfg)
-	if res.WorkDir != "" {
-		fmt.Fprintf(stdout, "drill: work dir kept: %s\n", res.WorkDir)
-	}
-	fmt.Fprintf(stdout, "%d passed, %d failed\n", res.Passed, res.Failed)
-	if err != nil {
-		fmt.Fprintln(stderr, "loadgen: drill:", err)
-		if errors.Is(err, errUsage) {
-			return exitUsage
-		}
-		return exitFail
-	}
-	if res.Failed > 0 {
-		return exitFail
-	}
-	return exitOK
 }
