@@ -78,7 +78,7 @@ func (c *publishCommand) Run(ctx context.Context, args []string) error {
 	if c.jsonOut {
 		writeJSONLine(c.stdout, sum)
 	} else {
-		sum.print(c.stdout)
+		sum.writeText(c.stdout)
 	}
 	if res.FirstError != "" {
 		fmt.Fprintln(c.stderr, "loadgen: first error:", res.FirstError)

@@ -75,7 +75,7 @@ func drill(ctx context.Context, cfg drillConfig) (res drillResult, err error) {
 	keep := cfg.Keep || cfg.WorkDir != "" // a work directory the caller chose is always kept
 	res.WorkDir = d.workDir
 	defer func() {
-		d.close()
+		d.shutdown()
 		if err == nil && res.Failed == 0 && !keep {
 			_ = os.RemoveAll(d.workDir)
 			res.WorkDir = ""
@@ -211,7 +211,9 @@ func (d *drillRun) setup(ctx context.Context) error {
 	return nil
 }
 
-func (d *drillRun) close() {
+// shutdown stops the server with SIGTERM if it runs and releases what the
+// drill holds: its connections, the acklog (flushed) and the server log.
+func (d *drillRun) shutdown() {
 	if d.srv != nil && !d.srv.exited() {
 		if code, err := d.srv.terminate(d.cfg.Timeout); err != nil || code != 0 {
 			fmt.Fprintf(d.cfg.Out, "drill: final SIGTERM: exit code %d, %v\n", code, err)

@@ -13,11 +13,11 @@ type lagWatch struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
-	mu      sync.Mutex
-	max     uint64
-	last    uint64
-	samples int
-	errors  int
+	mu            sync.Mutex
+	maxLag        uint64
+	lastLag       uint64
+	samples       int
+	failedSamples int // GET /stats calls that failed
 }
 
 // startLagWatch polls base every interval until Stop.
@@ -37,11 +37,11 @@ func startLagWatch(c *http.Client, base string, interval time.Duration) *lagWatc
 			cancel()
 			lw.mu.Lock()
 			if err != nil {
-				lw.errors++
+				lw.failedSamples++
 			} else {
 				lw.samples++
-				lw.last = s.WAL.Lag
-				lw.max = max(lw.max, s.WAL.Lag)
+				lw.lastLag = s.WAL.Lag
+				lw.maxLag = max(lw.maxLag, s.WAL.Lag)
 			}
 			lw.mu.Unlock()
 		}
@@ -110,5 +110,5 @@ type lagReport struct {
 func (lw *lagWatch) report() lagReport {
 	lw.mu.Lock()
 	defer lw.mu.Unlock()
-	return lagReport{Max: lw.max, Last: lw.last, Samples: lw.samples, Errors: lw.errors}
+	return lagReport{Max: lw.maxLag, Last: lw.lastLag, Samples: lw.samples, Errors: lw.failedSamples}
 }

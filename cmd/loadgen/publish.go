@@ -114,7 +114,7 @@ type workerTally struct {
 // that were acknowledged (each index is taken by one worker only).
 func (pb *publisher) work(ctx context.Context, queue *requestQueue, tally *workerTally, perWorker int, acked []bool) {
 	post := pb.newPoster()
-	defer post.close()
+	defer post.closeConn()
 	tally.status = make(map[string]int)
 	tally.latencies = make([]time.Duration, 0, perWorker)
 	var lines []byte
