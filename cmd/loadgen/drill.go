@@ -214,7 +214,7 @@ func (d *drillRun) setup(ctx context.Context) error {
 // shutdown stops the server with SIGTERM if it runs and releases what the
 // drill holds: its connections, the acklog (flushed) and the server log.
 func (d *drillRun) shutdown() {
-	if d.srv != nil && !d.srv.exited() {
+	if d.srv != nil && !d.srv.hasExited() {
 		if code, err := d.srv.terminate(d.cfg.Timeout); err != nil || code != 0 {
 			fmt.Fprintf(d.cfg.Out, "drill: final SIGTERM: exit code %d, %v\n", code, err)
 		}
@@ -250,7 +250,7 @@ func (d *drillRun) start(ctx context.Context) (time.Duration, error) {
 
 // ensureRunning restarts the server if an earlier failed case left it down.
 func (d *drillRun) ensureRunning(ctx context.Context) error {
-	if d.srv != nil && !d.srv.exited() {
+	if d.srv != nil && !d.srv.hasExited() {
 		return nil
 	}
 	_, err := d.start(ctx)
@@ -271,7 +271,7 @@ func (d *drillRun) crashCase(ctx context.Context, name string, n int, damage fun
 	}
 	// Until every request is acknowledged, how many of these events the
 	// service holds is unknown; a failure below leaves it unknown.
-	known := d.expected
+	expectedBefore := d.expected
 	d.expected = -1
 
 	acked, detail := d.publishUntilKill(ctx, pb)
@@ -292,8 +292,8 @@ func (d *drillRun) crashCase(ctx context.Context, name string, n int, damage fun
 	if missing := len(acked) - countTrue(acked); missing > 0 {
 		return "", fmt.Errorf("%d requests still not acknowledged after 3 retry rounds: %s", missing, detail)
 	}
-	if known >= 0 {
-		d.expected = known + pb.plan.unique
+	if expectedBefore >= 0 {
+		d.expected = expectedBefore + pb.plan.unique
 	}
 	rep, err := d.verify(ctx)
 	if err != nil {

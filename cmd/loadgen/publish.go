@@ -27,9 +27,9 @@ type publisher struct {
 	concurrency int
 	acks        *ackLog // nil: acknowledgements are not recorded
 
-	ackedEvents atomic.Int64 // events of acknowledged requests
-	doneReqs    atomic.Int64 // requests finished, acknowledged or not, over all runs
-	failedReqs  atomic.Int64 // requests not acknowledged, over all runs
+	ackedEvents  atomic.Int64 // events of acknowledged requests
+	finishedReqs atomic.Int64 // requests finished, acknowledged or not, over all runs
+	failedReqs   atomic.Int64 // requests not acknowledged, over all runs
 }
 
 // publishResult is the outcome of one publisher run.
@@ -136,7 +136,7 @@ func (pb *publisher) work(ctx context.Context, queue *requestQueue, tally *worke
 			}
 			pb.ackedEvents.Add(int64(len(r.ids)))
 		}
-		pb.doneReqs.Add(1)
+		pb.finishedReqs.Add(1)
 	}
 }
 

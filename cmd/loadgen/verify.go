@@ -80,11 +80,11 @@ func verify(ctx context.Context, c *http.Client, cfg verifyConfig) (*verifyRepor
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	rep := &verifyReport{Acked: len(cfg.Acked), CountersAgree: true}
-	l, err := rep.listEvents(ctx, c, cfg, before.UniqueProcessed)
+	listed, err := rep.listEvents(ctx, c, cfg, before.UniqueProcessed)
 	if err != nil {
 		return nil, err
 	}
-	rep.compare(cfg.Acked, l.times)
+	rep.compare(cfg.Acked, listed.times)
 	after, err := getStats(ctx, c, cfg.Base)
 	if err != nil {
 		return nil, err
@@ -94,7 +94,7 @@ func verify(ctx context.Context, c *http.Client, cfg verifyConfig) (*verifyRepor
 		rep.problem("stats changed while listing: unique %d -> %d, received %d -> %d (is something still publishing?)",
 			before.UniqueProcessed, after.UniqueProcessed, before.Received, after.Received)
 	}
-	checkCounters(&after, rep.Listed, l.perTopic, rep.problem)
+	checkCounters(&after, rep.Listed, listed.perTopic, rep.problem)
 	return rep, nil
 }
 
@@ -119,33 +119,33 @@ type listing struct {
 // bounds the pages: every listed event costs at most one slot, and a server
 // that keeps returning cursors past that is itself an error.
 func (r *verifyReport) listEvents(ctx context.Context, c *http.Client, cfg verifyConfig, unique uint64) (listing, error) {
-	l := listing{times: make(map[key]uint32, unique), perTopic: make(map[string]uint64)}
+	listed := listing{times: make(map[key]uint32, unique), perTopic: make(map[string]uint64)}
 	maxPages := int(unique)/cfg.PageSize + 1000
 	cursor := ""
 	seenCursor := map[string]bool{}
 	for {
 		if r.Pages >= maxPages {
-			return l, fmt.Errorf("list events: more than %d pages for %d unique events", maxPages, unique)
+			return listed, fmt.Errorf("list events: more than %d pages for %d unique events", maxPages, unique)
 		}
 		page, err := getEventsPage(ctx, c, cfg.Base, cfg.PageSize, cursor)
 		if err != nil {
-			return l, fmt.Errorf("list events page %d: %w", r.Pages+1, err)
+			return listed, fmt.Errorf("list events page %d: %w", r.Pages+1, err)
 		}
 		r.Pages++
 		if len(page.Events) > cfg.PageSize {
 			r.problem("page %d has %d events, limit was %d", r.Pages, len(page.Events), cfg.PageSize)
 		}
 		for _, e := range page.Events {
-			l.times[key{Topic: e.Topic, EventID: e.EventID}]++
-			l.perTopic[e.Topic]++
+			listed.times[key{Topic: e.Topic, EventID: e.EventID}]++
+			listed.perTopic[e.Topic]++
 			r.Listed++
 		}
 		if page.NextCursor == nil || *page.NextCursor == "" {
-			return l, nil
+			return listed, nil
 		}
 		cursor = *page.NextCursor
 		if seenCursor[cursor] {
-			return l, fmt.Errorf("list events: cursor %q returned twice", truncate(cursor, 40))
+			return listed, fmt.Errorf("list events: cursor %q returned twice", truncate(cursor, 40))
 		}
 		seenCursor[cursor] = true
 	}
