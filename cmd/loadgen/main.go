@@ -87,6 +87,7 @@ func (lg *loadgen) Run(ctx context.Context, args []string) error {
 }
 
 // usageError is a command line that cannot be run: exit status 2.
+// exitStatus prints it as "loadgen: <message>" unless it is reported.
 type usageError struct {
 	err error
 	// reported means the problem is on stderr already, with the usage: the
