@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -16,6 +15,10 @@ import (
 	"strings"
 	"time"
 )
+
+// errBadDrillConfig is returned, wrapped, by drill for a configuration it
+// cannot run: events it cannot generate, or a data dir that is not empty.
+var errBadDrillConfig = errors.New("loadgen: usage")
 
 // drillConfig describes a crash drill.
 type drillConfig struct {
@@ -60,6 +63,44 @@ type drillRun struct {
 // and a cut record), then SIGTERM, then one more kill -9 cycle. An error is
 // returned only when the drill could not be set up.
 func drill(ctx context.Context, cfg drillConfig) (res drillResult, err error) {
+	cfg.setDefaults()
+	cfg.Gen.RunID = "probe"
+	if err := cfg.Gen.validate(); err != nil {
+		return res, fmt.Errorf("%w: %v", errBadDrillConfig, err)
+	}
+	d := &drillRun{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Gen.Seed, 0x5eed))}
+	if d.workDir, err = makeWorkDir(cfg.WorkDir); err != nil {
+		return res, err
+	}
+	keep := cfg.Keep || cfg.WorkDir != "" // a work directory the caller chose is always kept
+	res.WorkDir = d.workDir
+	defer func() {
+		d.shutdown()
+		if err == nil && res.Failed == 0 && !keep {
+			_ = os.RemoveAll(d.workDir)
+			res.WorkDir = ""
+		}
+	}()
+	if err := d.setup(ctx); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(cfg.Out, "drill: seed %d, server %s on %s, data %s, log %s\n",
+		cfg.Gen.Seed, d.bin, d.addr, d.dataDir, d.logFile.Name())
+	for _, c := range d.cases() {
+		if ctx.Err() != nil {
+			break
+		}
+		detail, err := c.run(ctx)
+		res.record(cfg.Out, c.name, detail, err)
+	}
+	if ctx.Err() != nil {
+		return res, fmt.Errorf("drill interrupted: %w", ctx.Err())
+	}
+	return res, nil
+}
+
+// setDefaults fills in the defaults of the fields left zero.
+func (cfg *drillConfig) setDefaults() {
 	if cfg.Cycles <= 0 {
 		cfg.Cycles = 5
 	}
@@ -75,73 +116,64 @@ func drill(ctx context.Context, cfg drillConfig) (res drillResult, err error) {
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
 	}
-	cfg.Gen.RunID = "probe"
-	if err := cfg.Gen.validate(); err != nil {
-		return res, fmt.Errorf("%w: %v", errUsage, err)
-	}
+}
 
-	d := &drillRun{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Gen.Seed, 0x5eed))}
-	d.workDir = cfg.WorkDir
-	if d.workDir == "" {
-		if d.workDir, err = os.MkdirTemp("", "aggregator-drill-"); err != nil {
-			return res, fmt.Errorf("work dir: %w", err)
-		}
-	} else {
-		cfg.Keep = true
+// makeWorkDir returns dir, or a new temporary directory if dir is "".
+func makeWorkDir(dir string) (string, error) {
+	if dir != "" {
+		return dir, nil
 	}
-	res.WorkDir = d.workDir
-	defer func() {
-		d.close()
-		if err == nil && res.Failed == 0 && !cfg.Keep {
-			_ = os.RemoveAll(d.workDir)
-			res.WorkDir = ""
-		}
-	}()
-	if err := d.setup(ctx); err != nil {
-		return res, err
+	dir, err := os.MkdirTemp("", "aggregator-drill-")
+	if err != nil {
+		return "", fmt.Errorf("work dir: %w", err)
 	}
-	fmt.Fprintf(cfg.Out, "drill: seed %d, server %s on %s, data %s, log %s\n",
-		cfg.Gen.Seed, d.bin, d.addr, d.dataDir, d.logFile.Name())
+	return dir, nil
+}
 
-	report := func(name string, detail string, err error) {
-		if err != nil {
-			res.Failed++
-			fmt.Fprintf(cfg.Out, "%s: FAIL: %v\n", name, err)
-			return
-		}
-		res.Passed++
-		fmt.Fprintf(cfg.Out, "%s: ok: %s\n", name, detail)
-	}
-	for k := 1; k <= cfg.Cycles && ctx.Err() == nil; k++ {
-		detail, err := d.crashCase(ctx, fmt.Sprintf("c%d", k), cfg.Gen.Events, nil)
-		report(fmt.Sprintf("cycle %d/%d", k, cfg.Cycles), detail, err)
+// drillCase is one case of the drill: run returns a description of what
+// happened, or why the case failed.
+type drillCase struct {
+	name string
+	run  func(ctx context.Context) (detail string, err error)
+}
+
+// cases returns the cases of the drill in the order they run.
+func (d *drillRun) cases() []drillCase {
+	events := d.cfg.Gen.Events
+	var cases []drillCase
+	for k := 1; k <= d.cfg.Cycles; k++ {
+		cases = append(cases, drillCase{fmt.Sprintf("cycle %d/%d", k, d.cfg.Cycles), func(ctx context.Context) (string, error) {
+			return d.crashCase(ctx, fmt.Sprintf("c%d", k), events, nil)
+		}})
 	}
 	for i, garbage := range []bool{false, true} {
-		if ctx.Err() != nil {
-			break
-		}
 		name := "torn tail (cut record)"
 		if garbage {
 			name = "torn tail (garbage + cut record)"
 		}
 		tear := func() (string, error) { return d.tearTail(garbage) }
-		detail, err := d.crashCase(ctx, fmt.Sprintf("torn%d", i+1), max(cfg.Gen.Events/2, 1), tear)
-		report(name, detail, err)
+		cases = append(cases, drillCase{name, func(ctx context.Context) (string, error) {
+			return d.crashCase(ctx, fmt.Sprintf("torn%d", i+1), max(events/2, 1), tear)
+		}})
 	}
-	if ctx.Err() == nil {
-		detail, err := d.sigtermCase(ctx)
-		report("sigterm", detail, err)
+	cases = append(cases, drillCase{"sigterm", d.sigtermCase})
+	// A crash after a clean restart: state a clean shutdown leaves behind
+	// (a filter snapshot, say) must not survive into a crashed run.
+	cases = append(cases, drillCase{"kill -9 after clean restart", func(ctx context.Context) (string, error) {
+		return d.crashCase(ctx, "after-sigterm", events, nil)
+	}})
+	return cases
+}
+
+// record counts a case and prints its line on out.
+func (res *drillResult) record(out io.Writer, name, detail string, err error) {
+	if err != nil {
+		res.Failed++
+		fmt.Fprintf(out, "%s: FAIL: %v\n", name, err)
+		return
 	}
-	if ctx.Err() == nil {
-		// A crash after a clean restart: state a clean shutdown leaves behind
-		// (a filter snapshot, say) must not survive into a crashed run.
-		detail, err := d.crashCase(ctx, "after-sigterm", cfg.Gen.Events, nil)
-		report("kill -9 after clean restart", detail, err)
-	}
-	if ctx.Err() != nil {
-		return res, fmt.Errorf("drill interrupted: %w", ctx.Err())
-	}
-	return res, nil
+	res.Passed++
+	fmt.Fprintf(out, "%s: ok: %s\n", name, detail)
 }
 
 func (d *drillRun) setup(ctx context.Context) error {
@@ -158,7 +190,7 @@ func (d *drillRun) setup(ctx context.Context) error {
 	if d.dataDir == "" {
 		d.dataDir = filepath.Join(d.workDir, "data")
 	} else if ents, err := os.ReadDir(d.dataDir); err == nil && len(ents) > 0 {
-		return fmt.Errorf("%w: data dir %s is not empty (the drill needs a fresh one)", errUsage, d.dataDir)
+		return fmt.Errorf("%w: data dir %s is not empty (the drill needs a fresh one)", errBadDrillConfig, d.dataDir)
 	}
 	if d.logFile, err = os.Create(filepath.Join(d.workDir, "server.log")); err != nil {
 		return fmt.Errorf("server log: %w", err)
@@ -179,8 +211,10 @@ func (d *drillRun) setup(ctx context.Context) error {
 	return nil
 }
 
-func (d *drillRun) close() {
-	if d.srv != nil && !d.srv.exited() {
+// shutdown stops the server with SIGTERM if it runs and releases what the
+// drill holds: its connections, the acklog (flushed) and the server log.
+func (d *drillRun) shutdown() {
+	if d.srv != nil && !d.srv.hasExited() {
 		if code, err := d.srv.terminate(d.cfg.Timeout); err != nil || code != 0 {
 			fmt.Fprintf(d.cfg.Out, "drill: final SIGTERM: exit code %d, %v\n", code, err)
 		}
@@ -216,7 +250,7 @@ func (d *drillRun) start(ctx context.Context) (time.Duration, error) {
 
 // ensureRunning restarts the server if an earlier failed case left it down.
 func (d *drillRun) ensureRunning(ctx context.Context) error {
-	if d.srv != nil && !d.srv.exited() {
+	if d.srv != nil && !d.srv.hasExited() {
 		return nil
 	}
 	_, err := d.start(ctx)
@@ -231,52 +265,16 @@ func (d *drillRun) crashCase(ctx context.Context, name string, n int, damage fun
 	if err := d.ensureRunning(ctx); err != nil {
 		return "", err
 	}
-	g := d.cfg.Gen
-	g.Events = n
-	g.RunID = fmt.Sprintf("drill%d-%s", g.Seed%1000000, name)
-	g.Seed = d.rng.Uint64()
-	p, err := buildPlan(g)
+	pb, err := d.casePublisher(name, n)
 	if err != nil {
 		return "", err
 	}
-	pb := &publisher{client: d.client, base: d.base, raw: true, plan: p, concurrency: d.cfg.Concurrency, acks: d.acks}
 	// Until every request is acknowledged, how many of these events the
 	// service holds is unknown; a failure below leaves it unknown.
-	known := d.expected
+	expectedBefore := d.expected
 	d.expected = -1
 
-	share := 0.1 + 0.8*d.rng.Float64()
-	killAfter := int64(share * float64(p.events))
-	pubCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan *publishResult, 1)
-	start := time.Now()
-	go func() { done <- pb.run(pubCtx, nil, d.cfg.Timeout) }() // joined below
-	var first *publishResult
-	tick := time.NewTicker(time.Millisecond)
-	deadline := time.NewTimer(d.cfg.Timeout)
-wait:
-	for pb.ackedEvents.Load() < killAfter {
-		select {
-		case first = <-done:
-			break wait
-		case <-deadline.C:
-			break wait
-		case <-tick.C:
-		}
-	}
-	tick.Stop()
-	deadline.Stop()
-	d.srv.kill()
-	killedAt := time.Since(start)
-	ackedAtKill := pb.ackedEvents.Load()
-	cancel()
-	if first == nil {
-		first = <-done
-	}
-	acked := first.Acked
-
-	detail := fmt.Sprintf("killed at %s with %d/%d events acked", killedAt.Round(time.Millisecond), ackedAtKill, p.events)
+	acked, detail := d.publishUntilKill(ctx, pb)
 	if damage != nil {
 		what, err := damage()
 		if err != nil {
@@ -290,34 +288,98 @@ wait:
 	}
 	detail += fmt.Sprintf("; ready in %s", ready.Round(time.Millisecond))
 
-	retried := 0
-	for round := 0; round < 3; round++ {
-		var todo []int
-		for i, ok := range acked {
-			if !ok {
-				todo = append(todo, i)
-			}
-		}
-		if len(todo) == 0 {
-			break
-		}
-		retried += len(todo)
-		r := pb.run(ctx, todo, d.cfg.Timeout)
-		for i, ok := range r.Acked {
-			acked[i] = acked[i] || ok
-		}
-	}
+	resent := d.resendUnacked(ctx, pb, acked)
 	if missing := len(acked) - countTrue(acked); missing > 0 {
 		return "", fmt.Errorf("%d requests still not acknowledged after 3 retry rounds: %s", missing, detail)
 	}
-	if known >= 0 {
-		d.expected = known + p.unique
+	if expectedBefore >= 0 {
+		d.expected = expectedBefore + pb.plan.unique
 	}
 	rep, err := d.verify(ctx)
 	if err != nil {
 		return "", fmt.Errorf("%v: %s", err, detail)
 	}
-	return detail + fmt.Sprintf("; resent %d requests; %s", retried, rep), nil
+	return detail + fmt.Sprintf("; resent %d requests; %s", resent, rep), nil
+}
+
+// casePublisher returns the publisher of n events of the crash case name,
+// with a seed of its own drawn from the drill's.
+func (d *drillRun) casePublisher(name string, n int) (*publisher, error) {
+	g := d.cfg.Gen
+	g.Events = n
+	g.RunID = fmt.Sprintf("drill%d-%s", g.Seed%1000000, name)
+	g.Seed = d.rng.Uint64()
+	p, err := buildPlan(g)
+	if err != nil {
+		return nil, err
+	}
+	return &publisher{client: d.client, base: d.base, raw: true, plan: p, concurrency: d.cfg.Concurrency, acks: d.acks}, nil
+}
+
+// publishUntilKill publishes pb's plan and kills the server with SIGKILL
+// once a random share (10% to 90%) of its events is acknowledged, the run
+// has ended, or the timeout has passed. It returns which requests were
+// acknowledged and a description of the kill.
+func (d *drillRun) publishUntilKill(ctx context.Context, pb *publisher) ([]bool, string) {
+	share := 0.1 + 0.8*d.rng.Float64()
+	killAfter := int64(share * float64(pb.plan.events))
+	pubCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runResult := make(chan *publishResult, 1)
+	start := time.Now()
+	go func() { runResult <- pb.run(pubCtx, nil, d.cfg.Timeout) }() // joined below
+	res := waitForAcks(pb, killAfter, runResult, d.cfg.Timeout)
+	d.srv.kill()
+	killedAt := time.Since(start)
+	ackedAtKill := pb.ackedEvents.Load()
+	cancel()
+	if res == nil {
+		res = <-runResult
+	}
+	return res.Acked, fmt.Sprintf("killed at %s with %d/%d events acked",
+		killedAt.Round(time.Millisecond), ackedAtKill, pb.plan.events)
+}
+
+// waitForAcks waits until pb has acknowledgements for n events, its run
+// ends (and returns the result that came on runResult), or timeout passes.
+func waitForAcks(pb *publisher, n int64, runResult <-chan *publishResult, timeout time.Duration) *publishResult {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for pb.ackedEvents.Load() < n {
+		select {
+		case res := <-runResult:
+			return res
+		case <-deadline.C:
+			return nil
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// resendUnacked resends the requests acked does not mark, in up to three
+// rounds, and marks those acknowledged. It returns how many it sent.
+func (d *drillRun) resendUnacked(ctx context.Context, pb *publisher, acked []bool) int {
+	resent := 0
+	for range 3 {
+		var unacked []int
+		for i, ok := range acked {
+			if !ok {
+				unacked = append(unacked, i)
+			}
+		}
+		if len(unacked) == 0 {
+			break
+		}
+		resent += len(unacked)
+		r := pb.run(ctx, unacked, d.cfg.Timeout)
+		for i, ok := range r.Acked {
+			acked[i] = acked[i] || ok
+		}
+	}
+	return resent
 }
 
 func countTrue(bs []bool) int {
@@ -500,44 +562,4 @@ func diffCounters(a, b statsResponse) string {
 		diffs = append(diffs, fmt.Sprintf("topics %v -> %v", a.Topics, b.Topics))
 	}
 	return strings.Join(diffs, ", ")
-}
-
-func runDrill(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("loadgen drill", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg drillConfig
-	var format string
-	genFlags(fs, &cfg.Gen, 20000, 50, &format)
-	fs.StringVar(&cfg.Server, "server", "", "aggregator binary (default: go build the -build package)")
-	fs.StringVar(&cfg.BuildPkg, "build", "./cmd/aggregator", "package built when -server is not given")
-	fs.StringVar(&cfg.DataDir, "data-dir", "", "fresh data directory (default: a temporary one)")
-	fs.IntVar(&cfg.Cycles, "cycles", 5, "kill -9 cycles")
-	fs.IntVar(&cfg.Concurrency, "concurrency", 8, "concurrent publishers")
-	fs.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "bound of every wait (ready, lag 0, a publish round)")
-	fs.BoolVar(&cfg.Keep, "keep", false, "keep the work directory (data, server.log, acklog) even when all passed")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	if cfg.Cycles < 1 || cfg.Cycles > 1000 {
-		fmt.Fprintln(stderr, "loadgen: cycles must be in [1, 1000]")
-		return exitUsage
-	}
-	cfg.Gen.Format = resolveFormat(format, cfg.Gen.Batch)
-	cfg.Out = stdout
-	res, err := drill(ctx, cfg)
-	if res.WorkDir != "" {
-		fmt.Fprintf(stdout, "drill: work dir kept: %s\n", res.WorkDir)
-	}
-	fmt.Fprintf(stdout, "%d passed, %d failed\n", res.Passed, res.Failed)
-	if err != nil {
-		fmt.Fprintln(stderr, "loadgen: drill:", err)
-		if errors.Is(err, errUsage) {
-			return exitUsage
-		}
-		return exitFail
-	}
-	if res.Failed > 0 {
-		return exitFail
-	}
-	return exitOK
 }

@@ -13,11 +13,11 @@ type lagWatch struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
-	mu      sync.Mutex
-	max     uint64
-	last    uint64
-	samples int
-	errors  int
+	mu            sync.Mutex
+	maxLag        uint64
+	lastLag       uint64
+	samples       int
+	failedSamples int // GET /stats calls that failed
 }
 
 // startLagWatch polls base every interval until Stop.
@@ -37,11 +37,11 @@ func startLagWatch(c *http.Client, base string, interval time.Duration) *lagWatc
 			cancel()
 			lw.mu.Lock()
 			if err != nil {
-				lw.errors++
+				lw.failedSamples++
 			} else {
 				lw.samples++
-				lw.last = s.WAL.Lag
-				lw.max = max(lw.max, s.WAL.Lag)
+				lw.lastLag = s.WAL.Lag
+				lw.maxLag = max(lw.maxLag, s.WAL.Lag)
 			}
 			lw.mu.Unlock()
 		}
@@ -59,6 +59,44 @@ func (lw *lagWatch) Stop() {
 	lw.wg.Wait()
 }
 
+// lagProbe measures the consumer lag around a publish run: the counters
+// before it, samples of the lag during it, and the drain to lag 0 after it.
+type lagProbe struct {
+	client *http.Client
+	base   string
+	before statsResponse // counters before the run
+	watch  *lagWatch
+}
+
+// startLagProbe reads the counters of base and starts sampling its lag
+// every interval.
+func startLagProbe(ctx context.Context, c *http.Client, base string, interval time.Duration) (*lagProbe, error) {
+	before, err := getStats(ctx, c, base)
+	if err != nil {
+		return nil, err
+	}
+	return &lagProbe{client: c, base: base, before: before, watch: startLagWatch(c, base, interval)}, nil
+}
+
+// Stop ends the sampling; calling it twice is harmless.
+func (lp *lagProbe) Stop() { lp.watch.Stop() }
+
+// drain stops the sampling, waits up to a minute for lag 0 and reports the
+// samples, the drain time and the rate the consumer applied events at since
+// runStart.
+func (lp *lagProbe) drain(ctx context.Context, runStart time.Time) *lagReport {
+	lp.Stop()
+	r := lp.watch.report()
+	r.DrainS = -1
+	drainStart := time.Now()
+	if after, err := waitLagZero(ctx, lp.client, lp.base, time.Minute); err == nil {
+		r.DrainS = time.Since(drainStart).Seconds()
+		applied := (after.UniqueProcessed + after.DuplicateDropped) - (lp.before.UniqueProcessed + lp.before.DuplicateDropped)
+		r.Processed = float64(applied) / time.Since(runStart).Seconds()
+	}
+	return &r
+}
+
 // lagReport is the lag part of a publish summary.
 type lagReport struct {
 	Max       uint64  `json:"max"`
@@ -72,5 +110,5 @@ type lagReport struct {
 func (lw *lagWatch) report() lagReport {
 	lw.mu.Lock()
 	defer lw.mu.Unlock()
-	return lagReport{Max: lw.max, Last: lw.last, Samples: lw.samples, Errors: lw.errors}
+	return lagReport{Max: lw.maxLag, Last: lw.lastLag, Samples: lw.samples, Errors: lw.failedSamples}
 }

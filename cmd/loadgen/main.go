@@ -13,8 +13,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -22,17 +20,16 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/pprof"
 	"syscall"
 	"time"
-
-	"golang.org/x/term"
 )
 
+// Exit statuses, as the package doc describes them; exitStatus is the one
+// place that chooses them.
 const (
-	exitOK    = 0
-	exitFail  = 1
-	exitUsage = 2
+	exitOK    = 0 // success
+	exitFail  = 1 // a check failed
+	exitUsage = 2 // a usage or operational error
 )
 
 func main() {
@@ -40,6 +37,12 @@ func main() {
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
+}
+
+// run executes one command line and returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	lg := &loadgen{stdout: stdout, stderr: stderr}
+	return exitStatus(lg.Run(ctx, args), stderr)
 }
 
 const usage = `usage: loadgen <command> [flags]
@@ -53,26 +56,97 @@ commands:
 run "loadgen <command> -h" for the flags of a command.
 `
 
-// run executes one command line and returns the exit status.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// loadgen is the program: Run hands a command line to the command it names.
+type loadgen struct {
+	stdout, stderr io.Writer
+}
+
+// Run runs the command args[0] with the flags args[1:].
+func (lg *loadgen) Run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return exitUsage
+		fmt.Fprint(lg.stderr, usage)
+		return &usageError{err: errors.New("no command"), reported: true}
 	}
-	switch args[0] {
+	name, args := args[0], args[1:]
+	switch name {
 	case "publish":
-		return runPublish(ctx, args[1:], stdout, stderr)
+		return (&publishCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
 	case "verify":
-		return runVerify(ctx, args[1:], stdout, stderr)
+		return (&verifyCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
 	case "drill":
-		return runDrill(ctx, args[1:], stdout, stderr)
+		return (&drillCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
 	case "startup":
-		return runStartup(ctx, args[1:], stdout, stderr)
+		return (&startupCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
 	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, usage)
-		return exitOK
+		fmt.Fprint(lg.stdout, usage)
+		return nil
 	default:
-		fmt.Fprintf(stderr, "loadgen: unknown command %q\n%s", args[0], usage)
+		fmt.Fprintf(lg.stderr, "loadgen: unknown command %q\n%s", name, usage)
+		return &usageError{err: fmt.Errorf("unknown command %q", name), reported: true}
+	}
+}
+
+// usageError is a command line that cannot be run: exit status 2.
+// exitStatus prints it as "loadgen: <message>" unless it is reported.
+type usageError struct {
+	err error
+	// reported means the problem is on stderr already, with the usage: the
+	// flag package prints a flag it rejects (and answers -h) that way.
+	reported bool
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// usagef returns a usage error with the message format makes of a.
+func usagef(format string, a ...any) error {
+	return &usageError{err: fmt.Errorf(format, a...)}
+}
+
+// parseFlags parses args into fs; a flag error, and -h, come back as a
+// reported usage error (exit status 2), since the flag package prints them
+// with the flags of the command.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return &usageError{err: err, reported: true}
+	}
+	return nil
+}
+
+// errCheckFailed is returned, bare, when a command ran to its end and a
+// check failed (exit status 1); the command's report says which. checkFailed
+// wraps a reason the report does not give.
+var errCheckFailed = errors.New("loadgen: a check failed")
+
+// checkError is a failed check with a reason of its own, such as a server
+// that never got ready; it matches errCheckFailed.
+type checkError struct{ err error }
+
+func (e *checkError) Error() string   { return e.err.Error() }
+func (e *checkError) Unwrap() []error { return []error{e.err, errCheckFailed} }
+
+// checkFailed marks err as a failed check: exit status 1.
+func checkFailed(err error) error { return &checkError{err: err} }
+
+// exitStatus returns the exit status for the error of a command and prints
+// the error on stderr, unless it has been said already: by the command's
+// report (a bare errCheckFailed) or with the usage (a reported usageError).
+// Any other error is an operational one: exit status 2.
+func exitStatus(err error, stderr io.Writer) int {
+	var usageErr *usageError
+	var checkErr *checkError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &checkErr):
+		fmt.Fprintln(stderr, "loadgen:", err)
+		return exitFail
+	case errors.Is(err, errCheckFailed):
+		return exitFail
+	case errors.As(err, &usageErr) && usageErr.reported:
+		return exitUsage
+	default:
+		fmt.Fprintln(stderr, "loadgen:", err)
 		return exitUsage
 	}
 }
@@ -82,13 +156,6 @@ func defaultTarget() string {
 		return "http://" + a
 	}
 	return "http://127.0.0.1:8080"
-}
-
-// randomRunID returns 8 random hex characters.
-func randomRunID() string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // genFlags registers the event generation flags on fs.
@@ -113,207 +180,8 @@ func resolveFormat(format string, batch int) string {
 	return format
 }
 
-// processCPU returns the user+system CPU time this process has used.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+// writeJSONLine prints v as one line of JSON.
+func writeJSONLine(w io.Writer, v any) {
+	b, _ := json.Marshal(v)
+	fmt.Fprintln(w, string(b))
 }
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
-}
-
-func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("loadgen publish", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var g genConfig
-	var format string
-	genFlags(fs, &g, 100000, 100, &format)
-	target := fs.String("target", defaultTarget(), "base URL of the service (127.0.0.1 only)")
-	conc := fs.Int("concurrency", 16, "concurrent publishers (one keep-alive connection each)")
-	runID := fs.String("run-id", "", "prefix that makes event ids unique per run (default random)")
-	maxDur := fs.Duration("duration", 10*time.Minute, "time cap: no request starts after it")
-	ackPath := fs.String("acklog", "", "append every acknowledged topic<TAB>event_id to this file")
-	jsonOut := fs.Bool("json", false, "print the summary as one JSON line")
-	every := fs.Duration("progress-interval", 5*time.Second, "interval of progress lines when stderr is not a terminal")
-	httpClient := fs.String("http-client", "raw", "raw: one lean keep-alive HTTP/1.1 connection per publisher; std: net/http Transport")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the loadgen itself during the run to this file")
-	lagEvery := fs.Duration("lag-interval", 0, "sample the consumer lag (GET /stats) this often and wait for lag 0 at the end (0: off)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	base, err := checkTarget(*target)
-	if err != nil {
-		fmt.Fprintln(stderr, "loadgen:", err)
-		return exitUsage
-	}
-	if *conc < 1 || *conc > 4096 {
-		fmt.Fprintln(stderr, "loadgen: concurrency must be in [1, 4096]")
-		return exitUsage
-	}
-	if *httpClient != "raw" && *httpClient != "std" {
-		fmt.Fprintln(stderr, "loadgen: http-client must be raw or std")
-		return exitUsage
-	}
-	if *maxDur <= 0 || *every <= 0 {
-		fmt.Fprintln(stderr, "loadgen: duration and progress-interval must be positive")
-		return exitUsage
-	}
-	g.RunID = *runID
-	if g.RunID == "" {
-		g.RunID = randomRunID()
-	}
-	g.Format = resolveFormat(format, g.Batch)
-
-	buildStart := time.Now()
-	p, err := buildPlan(g)
-	if err != nil {
-		fmt.Fprintln(stderr, "loadgen:", err)
-		return exitUsage
-	}
-	var bodyBytes int
-	for i := range p.requests {
-		bodyBytes += len(p.requests[i].body)
-	}
-	fmt.Fprintf(stderr, "loadgen: run %s: %d events (%d unique, %d duplicates) in %d requests of %d (%s, %.1f MB) built in %s\n",
-		g.RunID, p.events, p.unique, p.duplicates, len(p.requests), g.Batch, g.Format,
-		float64(bodyBytes)/1e6, time.Since(buildStart).Round(time.Millisecond))
-
-	var acks *ackLog
-	if *ackPath != "" {
-		f, err := os.OpenFile(*ackPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			fmt.Fprintln(stderr, "loadgen: open acklog:", err)
-			return exitUsage
-		}
-		defer f.Close()
-		acks = newAckLog(f)
-	}
-	client := newClient(*conc)
-	defer client.CloseIdleConnections()
-	pb := &publisher{client: client, base: base, raw: *httpClient == "raw", plan: p, concurrency: *conc, acks: acks}
-	var lw *lagWatch
-	var before statsResponse
-	statsClient := newClient(1)
-	defer statsClient.CloseIdleConnections()
-	if *lagEvery > 0 {
-		if before, err = getStats(ctx, statsClient, base); err != nil {
-			fmt.Fprintln(stderr, "loadgen:", err)
-			return exitUsage
-		}
-		lw = startLagWatch(statsClient, base, *lagEvery)
-	}
-	prog := startProgress(stderr, isTerminal(stderr), *every, pb, p.events)
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			fmt.Fprintln(stderr, "loadgen:", err)
-			return exitUsage
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintln(stderr, "loadgen:", err)
-			return exitUsage
-		}
-	}
-	runStart := time.Now()
-	cpuStart := processCPU()
-	res := pb.run(ctx, nil, *maxDur)
-	cpu := processCPU() - cpuStart
-	if *cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
-	prog.Stop()
-	var lag *lagReport
-	if lw != nil {
-		lw.Stop()
-		r := lw.report()
-		r.DrainS = -1
-		drainStart := time.Now()
-		if after, err := waitLagZero(ctx, statsClient, base, time.Minute); err == nil {
-			r.DrainS = time.Since(drainStart).Seconds()
-			applied := (after.UniqueProcessed + after.DuplicateDropped) - (before.UniqueProcessed + before.DuplicateDropped)
-			r.Processed = float64(applied) / time.Since(runStart).Seconds()
-		}
-		lag = &r
-	}
-	if acks != nil {
-		if err := acks.Flush(); err != nil {
-			fmt.Fprintln(stderr, "loadgen:", err)
-			return exitUsage
-		}
-	}
-	sum := newSummary(g, *conc, p, res)
-	sum.Lag = lag
-	sum.ClientCPUS = cpu.Seconds()
-	if *jsonOut {
-		b, _ := json.Marshal(sum)
-		fmt.Fprintln(stdout, string(b))
-	} else {
-		sum.print(stdout)
-	}
-	if res.FirstError != "" {
-		fmt.Fprintln(stderr, "loadgen: first error:", res.FirstError)
-	}
-	if res.EventsAcked != p.events {
-		return exitFail
-	}
-	return exitOK
-}
-
-func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("loadgen verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	target := fs.String("target", defaultTarget(), "base URL of the service (127.0.0.1 only)")
-	ackPath := fs.String("acklog", "", "acklog written by publish (without it only duplicates and counters are checked)")
-	page := fs.Int("page", 1000, "events per GET /events page")
-	wait := fs.Duration("wait", 30*time.Second, "wait up to this long for consumer lag 0 first (0: do not wait)")
-	timeout := fs.Duration("timeout", 5*time.Minute, "bound on the whole listing")
-	jsonOut := fs.Bool("json", false, "print the report as one JSON line")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	base, err := checkTarget(*target)
-	if err != nil {
-		fmt.Fprintln(stderr, "loadgen:", err)
-		return exitUsage
-	}
-	acked := map[key]struct{}{}
-	if *ackPath != "" {
-		f, err := os.Open(*ackPath)
-		if err != nil {
-			fmt.Fprintln(stderr, "loadgen:", err)
-			return exitUsage
-		}
-		acked, _, err = readAckLog(f)
-		f.Close()
-		if err != nil {
-			fmt.Fprintln(stderr, "loadgen:", err)
-			return exitUsage
-		}
-	}
-	client := newClient(1)
-	defer client.CloseIdleConnections()
-	rep, err := verify(ctx, client, verifyConfig{Base: base, Acked: acked, PageSize: *page, Wait: *wait, Timeout: *timeout})
-	if err != nil {
-		fmt.Fprintln(stderr, "loadgen: verify:", err)
-		return exitUsage
-	}
-	if *jsonOut {
-		b, _ := json.Marshal(rep)
-		fmt.Fprintln(stdout, string(b))
-	} else {
-		fmt.Fprintln(stdout, "verify:", rep)
-	}
-	if !rep.OK() {
-		return exitFail
-	}
-	return exitOK
-}
-
-// errUsage marks flag errors of the drill.
-var errUsage = errors.New("loadgen: usage")

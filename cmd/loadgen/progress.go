@@ -49,7 +49,7 @@ func startProgress(w io.Writer, terminal bool, interval time.Duration, pb *publi
 			}
 			el := time.Since(start)
 			fmt.Fprintf(w, "progress: %5.1fs acked %d/%d events (%.0f ev/s), requests %d, errors %d\n",
-				el.Seconds(), acked, total, float64(acked)/max(el.Seconds(), 1e-9), pb.doneReqs.Load(), failed)
+				el.Seconds(), acked, total, float64(acked)/max(el.Seconds(), 1e-9), pb.finishedReqs.Load(), failed)
 		}
 		for {
 			select {

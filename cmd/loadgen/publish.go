@@ -27,9 +27,9 @@ type publisher struct {
 	concurrency int
 	acks        *ackLog // nil: acknowledgements are not recorded
 
-	ackedEvents atomic.Int64 // events of acknowledged requests
-	doneReqs    atomic.Int64 // requests finished, acknowledged or not, over all runs
-	failedReqs  atomic.Int64 // requests not acknowledged, over all runs
+	ackedEvents  atomic.Int64 // events of acknowledged requests
+	finishedReqs atomic.Int64 // requests finished, acknowledged or not, over all runs
+	failedReqs   atomic.Int64 // requests not acknowledged, over all runs
 }
 
 // publishResult is the outcome of one publisher run.
@@ -56,84 +56,120 @@ type publishResponse struct {
 // and returns when all are done, ctx ends, or maxDuration (0: no cap) has
 // passed since the start; in-flight requests finish in the last case.
 func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Duration) *publishResult {
-	n := len(pb.plan.requests)
-	if which != nil {
-		n = len(which)
-	}
 	stopNew := ctx
 	if maxDuration > 0 {
 		var cancel context.CancelFunc
 		stopNew, cancel = context.WithTimeout(ctx, maxDuration)
 		defer cancel()
 	}
-	res := &publishResult{Status: make(map[string]int), Acked: make([]bool, len(pb.plan.requests))}
-	type workerOut struct {
-		lat      []time.Duration
-		status   map[string]int
-		done     int
-		sent     int
-		firstErr string
+	queue := &requestQueue{which: which, size: len(pb.plan.requests), stopNew: stopNew}
+	if which != nil {
+		queue.size = len(which)
 	}
-	outs := make([]workerOut, max(pb.concurrency, 1))
-	var next atomic.Int64
+	acked := make([]bool, len(pb.plan.requests))
+	tallies := make([]workerTally, max(pb.concurrency, 1))
+	perWorker := queue.size/len(tallies) + 1
 	var wg sync.WaitGroup
 	start := time.Now()
-	for w := range outs {
-		wg.Go(func() {
-			out := &outs[w]
-			post := pb.newPoster()
-			defer post.close()
-			out.status = make(map[string]int)
-			out.lat = make([]time.Duration, 0, n/len(outs)+1)
-			var lines []byte
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || stopNew.Err() != nil {
-					return
-				}
-				if which != nil {
-					i = which[i]
-				}
-				r := &pb.plan.requests[i]
-				status, lat, err := pb.send(ctx, post, r)
-				out.done++
-				out.sent += len(r.ids)
-				if status != 0 {
-					out.lat = append(out.lat, lat)
-					out.status[strconv.Itoa(status)]++
-				} else {
-					out.status[statusTransportError]++
-				}
-				if err != nil {
-					if out.firstErr == "" {
-						out.firstErr = err.Error()
-					}
-					pb.failedReqs.Add(1)
-				} else {
-					res.Acked[i] = true // each index is owned by one worker
-					if pb.acks != nil {
-						lines = appendAcks(lines[:0], pb.plan, r)
-						pb.acks.write(lines)
-					}
-					pb.ackedEvents.Add(int64(len(r.ids)))
-				}
-				pb.doneReqs.Add(1)
-			}
-		})
+	for w := range tallies {
+		wg.Go(func() { pb.work(ctx, queue, &tallies[w], perWorker, acked) })
 	}
 	wg.Wait()
-	res.Elapsed = time.Since(start)
+	return pb.result(time.Since(start), tallies, acked)
+}
 
+// requestQueue hands the requests of one run to its workers.
+type requestQueue struct {
+	which   []int // plan indices of the requests; nil: all, in order
+	size    int   // requests in the run
+	next    atomic.Int64
+	stopNew context.Context // no request is handed out once it ends
+}
+
+// take returns the plan index of the next request, or false when every
+// request has been handed out or stopNew has ended.
+func (q *requestQueue) take() (int, bool) {
+	i := int(q.next.Add(1) - 1)
+	if i >= q.size || q.stopNew.Err() != nil {
+		return 0, false
+	}
+	if q.which != nil {
+		i = q.which[i]
+	}
+	return i, true
+}
+
+// workerTally is what one worker of a run counted; result merges them.
+type workerTally struct {
+	latencies []time.Duration // of requests that got an HTTP response
+	status    map[string]int
+	requests  int // requests finished
+	events    int // events of the finished requests
+	firstErr  string
+}
+
+// work is one worker of a run: it sends the requests it takes from queue
+// over a poster of its own until the queue is done, counts them in tally
+// (sized for about perWorker requests), and marks in acked the requests
+// that were acknowledged (each index is taken by one worker only).
+func (pb *publisher) work(ctx context.Context, queue *requestQueue, tally *workerTally, perWorker int, acked []bool) {
+	post := pb.newPoster()
+	defer post.closeConn()
+	tally.status = make(map[string]int)
+	tally.latencies = make([]time.Duration, 0, perWorker)
+	var lines []byte
+	for {
+		i, ok := queue.take()
+		if !ok {
+			return
+		}
+		r := &pb.plan.requests[i]
+		status, lat, err := pb.send(ctx, post, r)
+		tally.count(status, lat, len(r.ids), err)
+		if err != nil {
+			pb.failedReqs.Add(1)
+		} else {
+			acked[i] = true
+			if pb.acks != nil {
+				lines = appendAcks(lines[:0], pb.plan, r)
+				pb.acks.write(lines)
+			}
+			pb.ackedEvents.Add(int64(len(r.ids)))
+		}
+		pb.finishedReqs.Add(1)
+	}
+}
+
+// count adds one finished request of events events: its HTTP status (0:
+// none), its latency and its error.
+func (t *workerTally) count(status int, lat time.Duration, events int, err error) {
+	t.requests++
+	t.events += events
+	if status != 0 {
+		t.latencies = append(t.latencies, lat)
+		t.status[strconv.Itoa(status)]++
+	} else {
+		t.status[statusTransportError]++
+	}
+	if err != nil && t.firstErr == "" {
+		t.firstErr = err.Error()
+	}
+}
+
+// result merges the tallies of the workers of a run that took elapsed and
+// acknowledged the requests acked marks.
+func (pb *publisher) result(elapsed time.Duration, tallies []workerTally, acked []bool) *publishResult {
+	res := &publishResult{Elapsed: elapsed, Status: make(map[string]int), Acked: acked}
 	var lat []time.Duration
-	for _, o := range outs {
-		lat = append(lat, o.lat...)
-		for s, c := range o.status {
+	for _, t := range tallies {
+		lat = append(lat, t.latencies...)
+		for s, c := range t.status {
 			res.Status[s] += c
 		}
-		res.EventsSent += o.sent
-		res.Requests += o.done
+		res.EventsSent += t.events
+		res.Requests += t.requests
 		if res.FirstError == "" {
-			res.FirstError = o.firstErr
+			res.FirstError = t.firstErr
 		}
 	}
 	res.Latency = summarize(lat)

@@ -14,10 +14,10 @@ import (
 )
 
 // poster sends one pre-built publish body and returns the response status
-// and body. Each publisher worker owns one; close releases its connection.
+// and body. Each publisher worker owns one; closeConn releases its connection.
 type poster interface {
 	post(ctx context.Context, body []byte) (status int, resp []byte, err error)
-	close()
+	closeConn()
 }
 
 // stdPoster posts through a shared net/http client.
@@ -45,7 +45,7 @@ func (s *stdPoster) post(ctx context.Context, body []byte) (int, []byte, error) 
 	return resp.StatusCode, b, nil
 }
 
-func (s *stdPoster) close() {}
+func (s *stdPoster) closeConn() {}
 
 // maxResponse bounds the publish response bodies read.
 const maxResponse = 1 << 20
@@ -86,11 +86,11 @@ func (r *rawPoster) post(ctx context.Context, body []byte) (int, []byte, error) 
 		}
 	}
 	if err := r.conn.SetDeadline(time.Now().Add(2 * time.Minute)); err != nil {
-		r.close()
+		r.closeConn()
 		return 0, nil, fmt.Errorf("set deadline: %w", err)
 	}
 	if ctx.Err() != nil { // the hook may have fired before the deadline was set
-		r.close()
+		r.closeConn()
 		return 0, nil, fmt.Errorf("%w: %w", errConnClosedByCancel, ctx.Err())
 	}
 	h := append(r.head[:0], "POST /publish HTTP/1.1\r\nHost: "...)
@@ -103,28 +103,28 @@ func (r *rawPoster) post(ctx context.Context, body []byte) (int, []byte, error) 
 	r.head = h
 	bufs := net.Buffers{h, body}
 	if _, err := bufs.WriteTo(r.conn); err != nil {
-		r.close()
+		r.closeConn()
 		return 0, nil, fmt.Errorf("post: %w", err)
 	}
 	resp, err := http.ReadResponse(r.br, nil)
 	if err != nil {
-		r.close()
+		r.closeConn()
 		return 0, nil, fmt.Errorf("post: read response: %w", err)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
 	resp.Body.Close()
 	if err != nil {
-		r.close()
+		r.closeConn()
 		return resp.StatusCode, nil, fmt.Errorf("read response: %w", err)
 	}
 	if resp.Close || resp.ContentLength > maxResponse || resp.ContentLength < 0 && len(b) == maxResponse {
-		r.close() // the server closes it, or unread bytes remain
+		r.closeConn() // the server closes it, or unread bytes remain
 	}
 	return resp.StatusCode, b, nil
 }
 
-// close drops the connection; the next post dials a new one.
-func (r *rawPoster) close() {
+// closeConn drops the connection; the next post dials a new one.
+func (r *rawPoster) closeConn() {
 	if r.conn == nil {
 		return
 	}

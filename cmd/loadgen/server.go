@@ -14,9 +14,9 @@ import (
 
 // serverProc is one running aggregator process started by the drill.
 type serverProc struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the process has exited
-	err  error         // Wait's result, valid after done
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when the process has exited
+	waitErr error         // Wait's result, valid once exited is closed
 }
 
 // startServer starts bin on addr with dataDir; its output goes to logw.
@@ -28,17 +28,18 @@ func startServer(bin, addr, dataDir string, logw io.Writer) (*serverProc, error)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start server: %w", err)
 	}
-	s := &serverProc{cmd: cmd, done: make(chan struct{})}
+	s := &serverProc{cmd: cmd, exited: make(chan struct{})}
 	go func() { // owned by s: ends when the process exits; kill/terminate wait for it
-		s.err = cmd.Wait()
-		close(s.done)
+		s.waitErr = cmd.Wait()
+		close(s.exited)
 	}()
 	return s, nil
 }
 
-func (s *serverProc) exited() bool {
+// hasExited reports whether the process has exited.
+func (s *serverProc) hasExited() bool {
 	select {
-	case <-s.done:
+	case <-s.exited:
 		return true
 	default:
 		return false
@@ -47,22 +48,22 @@ func (s *serverProc) exited() bool {
 
 // kill sends SIGKILL and waits for the process to be gone.
 func (s *serverProc) kill() {
-	if !s.exited() {
+	if !s.hasExited() {
 		_ = s.cmd.Process.Signal(syscall.SIGKILL)
 	}
-	<-s.done
+	<-s.exited
 }
 
 // terminate sends SIGTERM and waits up to timeout for the exit; on timeout
 // it kills the process and returns an error. It returns the exit code.
 func (s *serverProc) terminate(timeout time.Duration) (int, error) {
-	if !s.exited() {
+	if !s.hasExited() {
 		_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
-	case <-s.done:
+	case <-s.exited:
 	case <-t.C:
 		s.kill()
 		return -1, fmt.Errorf("no exit %s after SIGTERM (killed)", timeout)
@@ -96,8 +97,8 @@ func waitReady(ctx context.Context, c *http.Client, base string, s *serverProc, 
 			last = err
 		}
 		select {
-		case <-s.done:
-			return 0, fmt.Errorf("server exited before ready: %v", s.err)
+		case <-s.exited:
+			return 0, fmt.Errorf("server exited before ready: %v", s.waitErr)
 		case <-ctx.Done():
 			return 0, fmt.Errorf("not ready after %s: %w (last: %v)", timeout, ctx.Err(), last)
 		case <-tick.C:

@@ -59,7 +59,8 @@ func newSummary(g genConfig, conc int, p *plan, res *publishResult) summary {
 	}
 }
 
-func (s summary) print(w io.Writer) {
+// writeText writes the summary for a human reader: a few lines of text.
+func (s summary) writeText(w io.Writer) {
 	fmt.Fprintf(w, "run %s: %d/%d events acknowledged (%d requests of %d) in %.3fs\n",
 		s.RunID, s.EventsAcked, s.EventsPlan, s.RequestsOK, s.Requests, s.ElapsedS)
 	fmt.Fprintf(w, "throughput: %.0f events/s, %.0f requests/s\n", s.EventsPerS, s.RequestsPerS)

@@ -73,88 +73,117 @@ func verify(ctx context.Context, c *http.Client, cfg verifyConfig) (*verifyRepor
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Minute
 	}
-	rep := &verifyReport{Acked: len(cfg.Acked), CountersAgree: true}
-	problem := func(format string, a ...any) {
-		rep.CountersAgree = false
-		rep.Problems = append(rep.Problems, fmt.Sprintf(format, a...))
-	}
-	var before statsResponse
-	var err error
-	if cfg.Wait > 0 {
-		before, err = waitLagZero(ctx, c, cfg.Base, cfg.Wait)
-		if err != nil {
-			return nil, err
-		}
-	} else if before, err = getStats(ctx, c, cfg.Base); err != nil {
+	before, err := statsBeforeListing(ctx, c, cfg)
+	if err != nil {
 		return nil, err
 	}
-
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	listed := make(map[key]uint32, before.UniqueProcessed)
-	perTopic := make(map[string]uint64)
-	// Bound the paging: every listed event costs at most one slot, and a
-	// server that keeps returning cursors past that is itself an error.
-	maxPages := int(before.UniqueProcessed)/cfg.PageSize + 1000
-	cursor := ""
-	seenCursor := map[string]bool{}
-	for {
-		if rep.Pages >= maxPages {
-			return nil, fmt.Errorf("list events: more than %d pages for %d unique events", maxPages, before.UniqueProcessed)
-		}
-		q := url.Values{"limit": {strconv.Itoa(cfg.PageSize)}}
-		if cursor != "" {
-			q.Set("cursor", cursor)
-		}
-		var page eventsPage
-		if err := getJSON(ctx, c, cfg.Base+"/events?"+q.Encode(), &page); err != nil {
-			return nil, fmt.Errorf("list events page %d: %w", rep.Pages+1, err)
-		}
-		rep.Pages++
-		if len(page.Events) > cfg.PageSize {
-			problem("page %d has %d events, limit was %d", rep.Pages, len(page.Events), cfg.PageSize)
-		}
-		for _, e := range page.Events {
-			k := key{Topic: e.Topic, EventID: e.EventID}
-			listed[k]++
-			perTopic[e.Topic]++
-			rep.Listed++
-		}
-		if page.NextCursor == nil || *page.NextCursor == "" {
-			break
-		}
-		cursor = *page.NextCursor
-		if seenCursor[cursor] {
-			return nil, fmt.Errorf("list events: cursor %q returned twice", truncate(cursor, 40))
-		}
-		seenCursor[cursor] = true
+	rep := &verifyReport{Acked: len(cfg.Acked), CountersAgree: true}
+	listed, err := rep.listEvents(ctx, c, cfg, before.UniqueProcessed)
+	if err != nil {
+		return nil, err
 	}
-
-	for k := range cfg.Acked {
-		if listed[k] == 0 {
-			rep.missing = append(rep.missing, k)
-		}
-	}
-	for k, n := range listed {
-		if n > 1 {
-			rep.twice = append(rep.twice, k)
-		}
-	}
-	sortKeys(rep.missing)
-	sortKeys(rep.twice)
-	rep.Missing, rep.ListedTwice = len(rep.missing), len(rep.twice)
-
+	rep.compare(cfg.Acked, listed.times)
 	after, err := getStats(ctx, c, cfg.Base)
 	if err != nil {
 		return nil, err
 	}
 	rep.Stats = after
 	if after.UniqueProcessed != before.UniqueProcessed || after.Received != before.Received {
-		problem("stats changed while listing: unique %d -> %d, received %d -> %d (is something still publishing?)",
+		rep.problem("stats changed while listing: unique %d -> %d, received %d -> %d (is something still publishing?)",
 			before.UniqueProcessed, after.UniqueProcessed, before.Received, after.Received)
 	}
-	checkCounters(&after, rep.Listed, perTopic, problem)
+	checkCounters(&after, rep.Listed, listed.perTopic, rep.problem)
 	return rep, nil
+}
+
+// statsBeforeListing returns the counters the listing starts from, once
+// the consumer has caught up if cfg.Wait asks for it.
+func statsBeforeListing(ctx context.Context, c *http.Client, cfg verifyConfig) (statsResponse, error) {
+	if cfg.Wait > 0 {
+		return waitLagZero(ctx, c, cfg.Base, cfg.Wait)
+	}
+	return getStats(ctx, c, cfg.Base)
+}
+
+// listing is what GET /events returned over all pages.
+type listing struct {
+	times    map[key]uint32    // how often each event was listed
+	perTopic map[string]uint64 // events listed per topic, repeats included
+}
+
+// listEvents pages through GET /events, cfg.PageSize events a page, and
+// counts the pages and the events listed in r; a page over the limit is a
+// problem of r. unique, the unique_processed count before the listing,
+// bounds the pages: every listed event costs at most one slot, and a server
+// that keeps returning cursors past that is itself an error.
+func (r *verifyReport) listEvents(ctx context.Context, c *http.Client, cfg verifyConfig, unique uint64) (listing, error) {
+	listed := listing{times: make(map[key]uint32, unique), perTopic: make(map[string]uint64)}
+	maxPages := int(unique)/cfg.PageSize + 1000
+	cursor := ""
+	seenCursor := map[string]bool{}
+	for {
+		if r.Pages >= maxPages {
+			return listed, fmt.Errorf("list events: more than %d pages for %d unique events", maxPages, unique)
+		}
+		page, err := getEventsPage(ctx, c, cfg.Base, cfg.PageSize, cursor)
+		if err != nil {
+			return listed, fmt.Errorf("list events page %d: %w", r.Pages+1, err)
+		}
+		r.Pages++
+		if len(page.Events) > cfg.PageSize {
+			r.problem("page %d has %d events, limit was %d", r.Pages, len(page.Events), cfg.PageSize)
+		}
+		for _, e := range page.Events {
+			listed.times[key{Topic: e.Topic, EventID: e.EventID}]++
+			listed.perTopic[e.Topic]++
+			r.Listed++
+		}
+		if page.NextCursor == nil || *page.NextCursor == "" {
+			return listed, nil
+		}
+		cursor = *page.NextCursor
+		if seenCursor[cursor] {
+			return listed, fmt.Errorf("list events: cursor %q returned twice", truncate(cursor, 40))
+		}
+		seenCursor[cursor] = true
+	}
+}
+
+// getEventsPage fetches the page of GET /events at cursor ("": the first).
+func getEventsPage(ctx context.Context, c *http.Client, base string, limit int, cursor string) (eventsPage, error) {
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	var page eventsPage
+	err := getJSON(ctx, c, base+"/events?"+q.Encode(), &page)
+	return page, err
+}
+
+// compare records the acknowledged events that were not listed and the
+// events listed more than once, each sorted.
+func (r *verifyReport) compare(acked map[key]struct{}, times map[key]uint32) {
+	for k := range acked {
+		if times[k] == 0 {
+			r.missing = append(r.missing, k)
+		}
+	}
+	for k, n := range times {
+		if n > 1 {
+			r.twice = append(r.twice, k)
+		}
+	}
+	sortKeys(r.missing)
+	sortKeys(r.twice)
+	r.Missing, r.ListedTwice = len(r.missing), len(r.twice)
+}
+
+// problem records a finding that means the counters do not agree.
+func (r *verifyReport) problem(format string, a ...any) {
+	r.CountersAgree = false
+	r.Problems = append(r.Problems, fmt.Sprintf(format, a...))
 }
 
 // checkCounters compares the counters of s with what was listed.
