@@ -384,3 +384,38 @@ func TestOpenRefusesTidwallTempFiles(t *testing.T) {
 		t.Fatal("Open accepted a directory with a .START file")
 	}
 }
+
+// TestSegments lists segment files in offset order (the tail last) among
+// other files, and refuses a directory with one of tidwall/wal's temporary
+// files.
+func TestSegments(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"LOCK", ".probe", "00000000000000000001", "00000000000000009999", "00000000000000010000", "0000000000000000001x"} {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "00000000000000020000"), 0o700); err != nil { // a directory is no segment
+		t.Fatal(err)
+	}
+	segs, err := Segments(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for _, s := range segs {
+		got = append(got, s.FirstOffset)
+		if filepath.Dir(s.Path) != dir {
+			t.Errorf("path %s not in %s", s.Path, dir)
+		}
+	}
+	if fmt.Sprint(got) != "[1 9999 10000]" {
+		t.Fatalf("segments %v, want [1 9999 10000]", got)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "00000000000000000500.START"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Segments(dir); err == nil {
+		t.Fatal("a directory with a tidwall/wal temporary file: no error")
+	}
+}

@@ -10,11 +10,13 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/aggregator-dev/aggregator/api"
 )
 
 // errNotLocal is returned by checkTarget for any target that is not
 // http://127.0.0.1:<port>.
-var errNotLocal = errors.New("loadgen: target must be http://127.0.0.1:<port>")
+var errNotLocal = errors.New("target must be http://127.0.0.1:<port>")
 
 // checkTarget validates a base URL and returns it without a trailing slash.
 // Only 127.0.0.1 is accepted: the loadgen is a local tool.
@@ -46,24 +48,6 @@ func newClient(conns int) *http.Client {
 		ResponseHeaderTimeout: 60 * time.Second,
 	}
 	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}
-}
-
-// statsResponse is the body of GET /stats.
-type statsResponse struct {
-	Received         uint64            `json:"received"`
-	UniqueProcessed  uint64            `json:"unique_processed"`
-	DuplicateDropped uint64            `json:"duplicate_dropped"`
-	Topics           []string          `json:"topics"`
-	TopicCounts      map[string]uint64 `json:"topic_counts"`
-	UptimeSeconds    float64           `json:"uptime_seconds"`
-	WAL              struct {
-		FirstOffset uint64 `json:"first_offset"`
-		LastOffset  uint64 `json:"last_offset"`
-		Checkpoint  uint64 `json:"checkpoint"`
-		Lag         uint64 `json:"lag"`
-		Segments    int64  `json:"segments"`
-		Bytes       int64  `json:"bytes"`
-	} `json:"wal"`
 }
 
 // listedEvent is the part of an event of GET /events the verifier needs.
@@ -104,20 +88,20 @@ func getJSON(ctx context.Context, c *http.Client, u string, v any) error {
 }
 
 // getStats fetches GET /stats.
-func getStats(ctx context.Context, c *http.Client, base string) (statsResponse, error) {
-	var s statsResponse
+func getStats(ctx context.Context, c *http.Client, base string) (api.StatsReply, error) {
+	var s api.StatsReply
 	err := getJSON(ctx, c, base+"/stats", &s)
 	return s, err
 }
 
 // waitLagZero polls GET /stats until the consumer has caught up (wal.lag 0)
 // or timeout passes, and returns the last stats seen.
-func waitLagZero(ctx context.Context, c *http.Client, base string, timeout time.Duration) (statsResponse, error) {
+func waitLagZero(ctx context.Context, c *http.Client, base string, timeout time.Duration) (api.StatsReply, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
-	var last statsResponse
+	var last api.StatsReply
 	var lastErr error
 	for {
 		s, err := getStats(ctx, c, base)

@@ -45,13 +45,12 @@ func TestCLIUsage(t *testing.T) {
 		{[]string{"help"}, exitOK, "usage: loadgen <command>", ""},
 		{[]string{"-h"}, exitOK, "usage: loadgen <command>", ""},
 		{[]string{"bogus"}, exitUsage, "", `loadgen: unknown command "bogus"` + "\nusage: loadgen <command>"},
-		// A command's -h prints its flags and, as the flag package's
-		// ErrHelp always did here, exits 2.
-		{[]string{"publish", "-h"}, exitUsage, "", "Usage of loadgen publish:"},
+		// A command's -h prints its flags and exits 0, as loadgen -h does.
+		{[]string{"publish", "-h"}, exitOK, "", "Usage of loadgen publish:"},
 		{[]string{"verify", "--bogus"}, exitUsage, "", "flag provided but not defined: -bogus"},
 		{[]string{"publish", "--concurrency", "0"}, exitUsage, "", "loadgen: concurrency must be in [1, 4096]\n"},
 		{[]string{"publish", "--events", "0"}, exitUsage, "", "loadgen: events must be at least 1\n"},
-		{[]string{"verify", "--target", "http://localhost:1"}, exitUsage, "", "loadgen: loadgen: target must be http://127.0.0.1:<port>"},
+		{[]string{"verify", "--target", "http://localhost:1"}, exitUsage, "", "loadgen: target must be http://127.0.0.1:<port>"},
 		{[]string{"drill", "--cycles", "0"}, exitUsage, "", "loadgen: cycles must be in [1, 1000]\n"},
 		{[]string{"startup"}, exitUsage, "", "loadgen: startup needs -server and -data-dir\n"},
 	} {

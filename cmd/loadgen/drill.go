@@ -14,11 +14,14 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/aggregator-dev/aggregator/api"
+	"github.com/aggregator-dev/aggregator/wal"
 )
 
 // errBadDrillConfig is returned, wrapped, by drill for a configuration it
 // cannot run: events it cannot generate, or a data dir that is not empty.
-var errBadDrillConfig = errors.New("loadgen: usage")
+var errBadDrillConfig = errors.New("bad drill configuration")
 
 // drillConfig describes a crash drill.
 type drillConfig struct {
@@ -432,20 +435,15 @@ func (d *drillRun) verify(ctx context.Context) (string, error) {
 // leaves behind.
 func (d *drillRun) tearTail(withGarbage bool) (string, error) {
 	walDir := filepath.Join(d.dataDir, "wal")
-	ents, err := os.ReadDir(walDir)
+	segs, err := wal.Segments(walDir)
 	if err != nil {
-		return "", fmt.Errorf("read wal dir: %w", err)
+		return "", fmt.Errorf("list segments: %w", err)
 	}
-	newest := ""
-	for _, e := range ents {
-		if e.Type().IsRegular() && isSegmentName(e.Name()) && segmentLess(newest, e.Name()) {
-			newest = e.Name()
-		}
+	if len(segs) == 0 {
+		return "", fmt.Errorf("no segment file in %s", walDir)
 	}
-	if newest == "" {
-		return "", fmt.Errorf("no segment file (a name of digits) in %s", walDir)
-	}
-	path := filepath.Join(walDir, newest)
+	path := segs[len(segs)-1].Path
+	newest := filepath.Base(path)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("read segment: %w", err)
@@ -478,30 +476,6 @@ func (d *drillRun) tearTail(withGarbage bool) (string, error) {
 		what = fmt.Sprintf("%d garbage bytes and %s", len(garbage), what)
 	}
 	return fmt.Sprintf("appended %s to %s (%d bytes)", what, newest, len(data)), nil
-}
-
-// isSegmentName reports whether name is a segment file name: decimal digits
-// only (tidwall/wal names segments by their first index), so LOCK and
-// temporary files are never torn.
-func isSegmentName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for _, c := range []byte(name) {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-// segmentLess orders segment names by their number ("" first).
-func segmentLess(a, b string) bool {
-	a, b = strings.TrimLeft(a, "0"), strings.TrimLeft(b, "0")
-	if len(a) != len(b) {
-		return len(a) < len(b)
-	}
-	return a < b
 }
 
 // sigtermCase stops the caught-up server with SIGTERM, expects exit status
@@ -543,7 +517,7 @@ func (d *drillRun) sigtermCase(ctx context.Context) (string, error) {
 }
 
 // diffCounters describes the differences of the durable counters.
-func diffCounters(a, b statsResponse) string {
+func diffCounters(a, b api.StatsReply) string {
 	var diffs []string
 	add := func(name string, x, y uint64) {
 		if x != y {

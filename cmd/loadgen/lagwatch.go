@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/aggregator-dev/aggregator/api"
 )
 
 // lagWatch samples the consumer lag (GET /stats wal.lag) while a run is in
@@ -64,7 +66,7 @@ func (lw *lagWatch) Stop() {
 type lagProbe struct {
 	client *http.Client
 	base   string
-	before statsResponse // counters before the run
+	before api.StatsReply // counters before the run
 	watch  *lagWatch
 }
 

@@ -417,19 +417,6 @@ func TestCLIPublishAndVerify(t *testing.T) {
 	}
 }
 
-func TestNewestSegment(t *testing.T) {
-	names := []string{"LOCK", ".probe", "00000000000000000001", "00000000000000009999", "00000000000000010000", "00000000000000000500.START"}
-	newest := ""
-	for _, n := range names {
-		if isSegmentName(n) && segmentLess(newest, n) {
-			newest = n
-		}
-	}
-	if newest != "00000000000000010000" {
-		t.Fatalf("newest = %q", newest)
-	}
-}
-
 func TestBuildPlanSameRequest(t *testing.T) {
 	p, err := buildPlan(genConfig{Events: 5000, Batch: 5000, Format: formatArray, Topics: 1, DupFraction: 0.2,
 		RunID: "stress", Seed: 5, SameRequest: true})

@@ -103,11 +103,14 @@ func usagef(format string, a ...any) error {
 	return &usageError{err: fmt.Errorf(format, a...)}
 }
 
-// parseFlags parses args into fs; a flag error, and -h, come back as a
-// reported usage error (exit status 2), since the flag package prints them
-// with the flags of the command.
+// parseFlags parses args into fs; a flag error comes back as a reported
+// usage error (exit status 2), since the flag package prints it with the
+// flags of the command, and -h as flag.ErrHelp (exit status 0).
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
 		return &usageError{err: err, reported: true}
 	}
 	return nil
@@ -136,7 +139,7 @@ func exitStatus(err error, stderr io.Writer) int {
 	var usageErr *usageError
 	var checkErr *checkError
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case errors.As(err, &checkErr):
 		fmt.Fprintln(stderr, "loadgen:", err)

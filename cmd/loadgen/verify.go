@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/aggregator-dev/aggregator/api"
 )
 
 // verifyConfig says what to check.
@@ -22,14 +24,14 @@ type verifyConfig struct {
 
 // verifyReport is what verify found.
 type verifyReport struct {
-	Acked         int           `json:"acked"`
-	Listed        int           `json:"listed"`
-	Pages         int           `json:"pages"`
-	Missing       int           `json:"missing"`
-	ListedTwice   int           `json:"listed_twice"`
-	CountersAgree bool          `json:"counters_agree"`
-	Problems      []string      `json:"problems,omitempty"`
-	Stats         statsResponse `json:"-"`
+	Acked         int            `json:"acked"`
+	Listed        int            `json:"listed"`
+	Pages         int            `json:"pages"`
+	Missing       int            `json:"missing"`
+	ListedTwice   int            `json:"listed_twice"`
+	CountersAgree bool           `json:"counters_agree"`
+	Problems      []string       `json:"problems,omitempty"`
+	Stats         api.StatsReply `json:"-"`
 
 	missing []key
 	twice   []key
@@ -100,7 +102,7 @@ func verify(ctx context.Context, c *http.Client, cfg verifyConfig) (*verifyRepor
 
 // statsBeforeListing returns the counters the listing starts from, once
 // the consumer has caught up if cfg.Wait asks for it.
-func statsBeforeListing(ctx context.Context, c *http.Client, cfg verifyConfig) (statsResponse, error) {
+func statsBeforeListing(ctx context.Context, c *http.Client, cfg verifyConfig) (api.StatsReply, error) {
 	if cfg.Wait > 0 {
 		return waitLagZero(ctx, c, cfg.Base, cfg.Wait)
 	}
@@ -187,7 +189,7 @@ func (r *verifyReport) problem(format string, a ...any) {
 }
 
 // checkCounters compares the counters of s with what was listed.
-func checkCounters(s *statsResponse, listed int, perTopic map[string]uint64, problem func(string, ...any)) {
+func checkCounters(s *api.StatsReply, listed int, perTopic map[string]uint64, problem func(string, ...any)) {
 	if s.UniqueProcessed != uint64(listed) {
 		problem("unique_processed %d but %d events listed", s.UniqueProcessed, listed)
 	}
