@@ -155,7 +155,7 @@ func (o *Options) withDefaults() Options {
 type Handler struct {
 	backend  Backend
 	opts     Options
-	log      *slog.Logger
+	logger   *slog.Logger
 	metrics  *Metrics
 	router   *httprouter.Router
 	started  time.Time
@@ -172,7 +172,7 @@ func New(b Backend, opts *Options) *Handler {
 	h := &Handler{
 		backend:  b,
 		opts:     o,
-		log:      o.Logger,
+		logger:   o.Logger,
 		metrics:  o.Metrics,
 		started:  time.Now(),
 		auth:     newAuthorizer(o.Tokens),

@@ -65,7 +65,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		// A full disk refuses every request: log one line per second, with
 		// the count of the ones not logged.
 		if ok, skipped := h.refusals.allow(time.Now()); ok {
-			h.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "status", status,
+			h.logger.Warn("request refused", "method", r.Method, "path", r.URL.Path, "status", status,
 				"err", err, "refusals_not_logged", skipped)
 		}
 	case http.StatusUnauthorized, http.StatusForbidden:
@@ -75,11 +75,11 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		if ok, skipped := h.denials.allow(time.Now()); ok {
 			// RemoteAddr is the peer; X-Forwarded-For is not trusted for anything.
-			h.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "status", status,
+			h.logger.Warn("request refused", "method", r.Method, "path", r.URL.Path, "status", status,
 				"remote", r.RemoteAddr, "reason", msg, "refusals_not_logged", skipped)
 		}
 	case http.StatusInternalServerError:
-		h.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		h.logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		msg = "internal error"
 	}
 	writeError(w, status, msg, details)

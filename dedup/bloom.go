@@ -47,11 +47,11 @@ func (g *guardedFilter) addAll(keys [][]byte, locs [][]uint64) {
 	}
 }
 
-// figures returns the size in bits, the number of hash functions and the
+// sizes returns the size in bits, the number of hash functions and the
 // analytic false-positive rate (1 - e^(-kn/m))^k with n stored keys. (The
 // library's EstimateFalsePositiveRate is an empirical test that builds a
 // second filter; far too slow for a stats call.)
-func (g *guardedFilter) figures(n uint64) (bits, k uint64, fp float64) {
+func (g *guardedFilter) sizes(n uint64) (bits, k uint64, fp float64) {
 	g.mu.Lock()
 	m, kk := float64(g.f.Cap()), float64(g.f.K())
 	bits, k = uint64(g.f.Cap()), uint64(g.f.K())
@@ -69,7 +69,7 @@ func (s *Store) startGrow(newCap uint) {
 	s.bloom.mu.Lock()
 	s.bloom.pending = make([][]byte, 0, 1024)
 	s.bloom.mu.Unlock()
-	s.log.Info("dedup: growing bloom filter", "keys", s.keys.Load(), "capacity", newCap)
+	s.logger.Info("dedup: growing bloom filter", "keys", s.keys.Load(), "capacity", newCap)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -81,7 +81,7 @@ func (s *Store) startGrow(newCap uint) {
 		s.bloom.pending = nil
 		if err != nil {
 			if !errors.Is(err, errRebuildStopped) {
-				s.log.Error("dedup: grow bloom filter", "err", err)
+				s.logger.Error("dedup: grow bloom filter", "err", err)
 			}
 			return // the old filter still holds every key
 		}

@@ -73,7 +73,7 @@ type Consumer struct {
 	s       *Store
 	src     Source
 	opts    ConsumerOptions
-	log     *slog.Logger
+	logger  *slog.Logger
 	metrics *consumerMetrics
 
 	ctx       context.Context
@@ -114,7 +114,7 @@ func NewConsumer(s *Store, src Source, opts *ConsumerOptions) (*Consumer, error)
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Consumer{s: s, src: src, opts: o, log: logger, metrics: m, ctx: ctx, cancel: cancel, done: make(chan struct{})}, nil
+	return &Consumer{s: s, src: src, opts: o, logger: logger, metrics: m, ctx: ctx, cancel: cancel, done: make(chan struct{})}, nil
 }
 
 // Start starts the tailing goroutine, which resumes at s.Checkpoint()+1.
@@ -167,7 +167,7 @@ func (c *Consumer) run() {
 	fail := func(msg string, err error) bool {
 		c.setErr(err)
 		backoff = min(max(backoff*2, c.opts.RetryMin), c.opts.RetryMax)
-		c.log.Error(msg, "err", err, "retry_in", backoff)
+		c.logger.Error(msg, "err", err, "retry_in", backoff)
 		t := time.NewTimer(backoff)
 		defer t.Stop()
 		select {
@@ -231,7 +231,7 @@ func (c *Consumer) run() {
 			}
 		}
 		if err := c.src.TruncateFront(res.Checkpoint + 1); err != nil {
-			c.log.Warn("dedup: truncate log front", "offset", res.Checkpoint+1, "err", err)
+			c.logger.Warn("dedup: truncate log front", "offset", res.Checkpoint+1, "err", err)
 		}
 	}
 }
@@ -246,7 +246,7 @@ func (c *Consumer) readChunk(next uint64) ([]Entry, error) {
 			if err != nil {
 				// Apply counts an entry without topic as malformed, so the
 				// checkpoint still covers it.
-				c.log.Error("dedup: undecodable log record skipped", "offset", off, "err", err)
+				c.logger.Error("dedup: undecodable log record skipped", "offset", off, "err", err)
 				ev = event.Event{}
 			}
 			entries = append(entries, Entry{Offset: off, Event: ev})

@@ -396,21 +396,21 @@ func (m *runMerger) add(b *bolt.Bucket, after []byte) {
 // next returns the next key, nil at the end. The key is valid while the
 // transaction is.
 func (m *runMerger) next() []byte {
-	var min []byte
+	var least []byte
 	for _, it := range m.its {
-		if k := it.key(); k != nil && (min == nil || bytes.Compare(k, min) < 0) {
-			min = k
+		if k := it.key(); k != nil && (least == nil || bytes.Compare(k, least) < 0) {
+			least = k
 		}
 	}
-	if min == nil {
+	if least == nil {
 		return nil
 	}
 	for _, it := range m.its {
-		if k := it.key(); k != nil && bytes.Equal(k, min) {
+		if k := it.key(); k != nil && bytes.Equal(k, least) {
 			it.advance()
 		}
 	}
-	return min
+	return least
 }
 
 // newRunMerger merges all runs of the seen set from after a key.

@@ -127,7 +127,7 @@ func (s *Store) loadSnapshot() (front *bloom.BloomFilter, capacity uint, ok bool
 	})
 	if err != nil {
 		if !errors.Is(err, errBadSnapshot) {
-			s.log.Warn("dedup: read filter snapshot", "err", err)
+			s.logger.Warn("dedup: read filter snapshot", "err", err)
 		}
 		return nil, 0, false
 	}

@@ -114,7 +114,7 @@ type Stats struct {
 // Stats and Checkpoint may run concurrently with it.
 type Store struct {
 	db     *bolt.DB
-	log    *slog.Logger
+	logger *slog.Logger
 	opts   Options
 	fpRate float64
 	k      uint // hash functions of every filter
@@ -159,7 +159,7 @@ func Open(path string, opts *Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s := &Store{db: db, log: o.Logger, opts: o, fpRate: o.FalsePositiveRate, stop: make(chan struct{})}
+	s := &Store{db: db, logger: o.Logger, opts: o, fpRate: o.FalsePositiveRate, stop: make(chan struct{})}
 	_, s.k = bloom.EstimateParameters(DefaultExpectedKeys, o.FalsePositiveRate)
 	if err := s.init(); err != nil {
 		_ = db.Close()
@@ -174,7 +174,7 @@ func Open(path string, opts *Options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	s.log.Info("dedup: index open", "path", path, "checkpoint", s.Checkpoint(), "keys", s.keys.Load(),
+	s.logger.Info("dedup: index open", "path", path, "checkpoint", s.Checkpoint(), "keys", s.keys.Load(),
 		"runs", len(s.runs), "bloom_bits", s.bloom.f.Cap(), "filters_from", s.filtersFrom, "filters_took", time.Since(start))
 	return s, nil
 }
@@ -312,7 +312,7 @@ func (s *Store) load(tx *bolt.Tx) error {
 func (s *Store) Checkpoint() uint64 { return s.checkpoint.Load() }
 
 // Stats reads the durable counters in one short read transaction and adds the
-// bloom filter's figures.
+// bloom filter's sizes.
 func (s *Store) Stats() (Stats, error) {
 	if s.closed.Load() {
 		return Stats{}, ErrClosed
@@ -343,7 +343,7 @@ func (s *Store) Stats() (Stats, error) {
 		}
 		return Stats{}, fmt.Errorf("read stats: %w", err)
 	}
-	st.BloomBits, st.BloomK, st.BloomFPEstimate = s.bloom.figures(st.Keys)
+	st.BloomBits, st.BloomK, st.BloomFPEstimate = s.bloom.sizes(st.Keys)
 	st.RunFilterBits = s.runBits.Load()
 	return st, nil
 }
@@ -361,7 +361,7 @@ func (s *Store) Close() error {
 		s.wg.Wait()
 		if err := s.writeSnapshot(); err != nil {
 			// Not fatal: the next Open scans the seen set instead.
-			s.log.Warn("dedup: write filter snapshot", "err", err)
+			s.logger.Warn("dedup: write filter snapshot", "err", err)
 		}
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close index: %w", err)

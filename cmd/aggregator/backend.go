@@ -35,7 +35,7 @@ var _ Appender = (*wal.Log)(nil)
 // the start; the index and its consumer arrive once the index is open, and
 // until then reads answer 503 while publishing already works.
 type backend struct {
-	log      Appender
+	appender Appender
 	limits   limits
 	store    atomic.Pointer[dedup.Store]
 	consumer atomic.Pointer[dedup.Consumer]
@@ -58,7 +58,7 @@ type limits struct {
 var _ api.Backend = (*backend)(nil)
 
 func newBackend(l Appender, lim limits) *backend {
-	return &backend{log: l, limits: lim}
+	return &backend{appender: l, limits: lim}
 }
 
 // attach makes the opened index and its started consumer available.
@@ -90,7 +90,7 @@ func (b *backend) Publish(ctx context.Context, events []event.Event) (uint64, ui
 	if err := b.admit(n, bytes); err != nil {
 		return 0, 0, err
 	}
-	defer b.done(n, bytes)
+	defer b.unreserve(n, bytes)
 	buf := make([]byte, 0, size)
 	records := make([][]byte, len(events))
 	for i := range events {
@@ -98,7 +98,7 @@ func (b *backend) Publish(ctx context.Context, events []event.Event) (uint64, ui
 		buf = events[i].AppendBinary(buf)
 		records[i] = buf[start:len(buf):len(buf)]
 	}
-	first, last, err := b.log.Append(ctx, records)
+	first, last, err := b.appender.Append(ctx, records)
 	if err != nil {
 		return 0, 0, fmt.Errorf("append: %w", walError(err))
 	}
@@ -116,13 +116,13 @@ func (b *backend) admit(n uint64, bytes int64) error {
 	if b.limits.maxLag > 0 {
 		// Before the index is open the checkpoint is unknown: no bound yet.
 		if s := b.store.Load(); s != nil {
-			if lag := behind(b.log.LastOffset(), s.Checkpoint()) + b.pendingEvents; lag > b.limits.maxLag {
+			if lag := behind(b.appender.LastOffset(), s.Checkpoint()) + b.pendingEvents; lag > b.limits.maxLag {
 				return fmt.Errorf("consumer lag %d is above %d: %w", lag, b.limits.maxLag, event.ErrOverloaded)
 			}
 		}
 	}
 	if b.limits.maxBytes > 0 {
-		if size := b.log.Stats().Bytes + b.pendingBytes; size > b.limits.maxBytes {
+		if size := b.appender.Stats().Bytes + b.pendingBytes; size > b.limits.maxBytes {
 			return fmt.Errorf("log holds %d bytes, above %d: %w", size, b.limits.maxBytes, event.ErrOverloaded)
 		}
 	}
@@ -131,8 +131,8 @@ func (b *backend) admit(n uint64, bytes int64) error {
 	return nil
 }
 
-// done releases what admit reserved.
-func (b *backend) done(n uint64, bytes int64) {
+// unreserve releases what admit reserved.
+func (b *backend) unreserve(n uint64, bytes int64) {
 	if b.limits == (limits{}) {
 		return
 	}
@@ -178,7 +178,7 @@ func (b *backend) Stats(context.Context) (api.Stats, error) {
 	if err != nil {
 		return api.Stats{}, fmt.Errorf("index stats: %w", err)
 	}
-	ws := b.log.Stats()
+	ws := b.appender.Stats()
 	return api.Stats{
 		Received:    ws.LastOffset,
 		Unique:      ds.Unique,
@@ -203,7 +203,7 @@ func (b *backend) Stats(context.Context) (api.Stats, error) {
 // Ready is nil when the log takes appends, the index is open and the
 // consumer's last attempt succeeded.
 func (b *backend) Ready(context.Context) error {
-	if err := b.log.Writable(); err != nil {
+	if err := b.appender.Writable(); err != nil {
 		return fmt.Errorf("log: %w", err)
 	}
 	c := b.consumer.Load()
