@@ -16,13 +16,7 @@ const (
 // doAuth sends one request with the given Authorization header ("" for none).
 func doAuth(tb testing.TB, h http.Handler, method, target, authz, body string) *httptest.ResponseRecorder {
 	tb.Helper()
-	req := httptest.NewRequest(method, target, strings.NewReader(body))
-	if authz != "" {
-		req.Header.Set("Authorization", authz)
-	}
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, req)
-	return rec
+	return doHeader(tb, h, method, target, "Authorization", authz, body)
 }
 
 func TestAuthScopes(t *testing.T) {

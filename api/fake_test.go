@@ -123,9 +123,15 @@ func (f *fakeBackend) set(fn func(f *fakeBackend)) {
 // do sends one request to h and returns the recorded reply.
 func do(tb testing.TB, h http.Handler, method, target, contentType, body string) *httptest.ResponseRecorder {
 	tb.Helper()
+	return doHeader(tb, h, method, target, "Content-Type", contentType, body)
+}
+
+// doHeader sends one request with header name set to value (unless "").
+func doHeader(tb testing.TB, h http.Handler, method, target, name, value, body string) *httptest.ResponseRecorder {
+	tb.Helper()
 	req := httptest.NewRequest(method, target, strings.NewReader(body))
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
+	if value != "" {
+		req.Header.Set(name, value)
 	}
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end runs of docs/performance.md: cmd/loadgen against the real binary on 127.0.0.1.
 # Build first: go build -o /tmp/perf/aggregator ./cmd/aggregator && go build -o /tmp/perf/loadgen ./cmd/loadgen
-# usage: perf-loadgen.sh <aggregator-binary> <loadgen-binary> <out.jsonl> [grid|sustained|one ARGS...]
+# usage: bench/loadgen-runs.sh <aggregator-binary> <loadgen-binary> <out.jsonl> [grid|one ARGS...|sustained|stress|rss|backlog]
 # Each run gets a fresh data dir and a fresh server process (SIGTERM after the run).
 set -euo pipefail
 AGG=$1; LG=$2; OUT=$3; MODE=${4:-grid}; shift 4 || true

@@ -6,32 +6,9 @@ import (
 
 	"github.com/aggregator-dev/aggregator/internal/poll"
 
+	"github.com/aggregator-dev/aggregator/internal/metrictest"
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// gathered returns the value of each gauge and counter and the sample count
-// (as name_count) of each histogram on reg.
-func gathered(tb testing.TB, reg *prometheus.Registry) map[string]float64 {
-	tb.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			switch {
-			case m.GetCounter() != nil:
-				out[f.GetName()] = m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				out[f.GetName()] = m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				out[f.GetName()+"_count"] = float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return out
-}
 
 func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
@@ -52,7 +29,7 @@ func TestMetrics(t *testing.T) {
 	}
 	// The counters move just after the commit that the checkpoint shows.
 	poll.Until(t, 20*time.Second, "the metrics", func() bool {
-		got := gathered(t, reg)
+		got := metrictest.Values(t, reg)
 		for name, v := range want {
 			if got[name] != v {
 				return false

@@ -3,39 +3,15 @@ package wal
 import (
 	"testing"
 
+	"github.com/aggregator-dev/aggregator/internal/metrictest"
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// gathered returns the value of each gauge and counter and the sample count
-// and sum (as name_count, name_sum) of each histogram on reg.
-func gathered(tb testing.TB, reg *prometheus.Registry) map[string]float64 {
-	tb.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			switch {
-			case m.GetCounter() != nil:
-				out[f.GetName()] = m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				out[f.GetName()] = m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				out[f.GetName()+"_count"] = float64(m.GetHistogram().GetSampleCount())
-				out[f.GetName()+"_sum"] = m.GetHistogram().GetSampleSum()
-			}
-		}
-	}
-	return out
-}
 
 func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	l := openLog(t, t.TempDir(), &Options{Registerer: reg})
 	mustAppend(t, l, []byte("abc"), []byte("defgh"))
-	got := gathered(t, reg)
+	got := metrictest.Values(t, reg)
 	for name, want := range map[string]float64{
 		"aggregator_wal_fsync_duration_seconds_count": 1,
 		"aggregator_wal_records_per_commit_sum":       2,
