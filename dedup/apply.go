@@ -3,6 +3,7 @@ package dedup
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -59,6 +60,7 @@ func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
 		return res, err
 	}
 	c := newChunk(work, s.k)
+	c.appliedAt = s.now().UnixNano()
 	c.testBloom(s.bloom)
 	runs, nextRun := s.runs, s.nextRun
 	err = s.db.Update(func(tx *bolt.Tx) error {
@@ -104,7 +106,7 @@ func (s *Store) commitChunk(tx *bolt.Tx, c *chunk, runs []runInfo, nextRun uint6
 	if err != nil {
 		return nil, 0, err
 	}
-	c.classify(probe)
+	c.classify(probe, s.lastSeq.Load())
 	if err := c.write(tx); err != nil {
 		return nil, 0, err
 	}
@@ -166,8 +168,11 @@ func (s *Store) committed(c *chunk, runs []runInfo, nextRun uint64) {
 	}
 	s.bloom.addAll(newKeys, newLocs)
 	keys := s.keys.Add(uint64(len(newKeys)))
+	s.lastSeq.Add(uint64(len(newKeys)))
 	s.topics.Add(uint64(c.newTopics))
+	s.verdicts.put(c)
 	s.checkpoint.Store(c.work[len(c.work)-1].Offset)
+	s.applied.bump()
 	if uint(keys) > s.bloom.capacityNow() && !s.closed.Load() {
 		s.startGrow(uint(keys) * 2)
 	}
@@ -181,13 +186,17 @@ type chunk struct {
 	maybe     []bool     // bloom filter says the key may be stored
 	order     []int      // indices of valid entries sorted by (key, offset)
 	fresh     []int      // indices of new entries, sorted by key
+	seqs      []uint64   // per entry: its seq if new, the seq of the event it duplicates if not; 0 if malformed
+	dup       []bool     // per entry: a duplicate
 	dups      int
 	malformed int
-	newTopics int // topics that got their first event
+	newTopics int   // topics that got their first event
+	appliedAt int64 // apply time (Unix nanoseconds) stored with the new events
 }
 
 func newChunk(work []Entry, k uint) *chunk {
-	c := &chunk{work: work, keys: make([][]byte, len(work)), locs: make([][]uint64, len(work)), maybe: make([]bool, len(work))}
+	c := &chunk{work: work, keys: make([][]byte, len(work)), locs: make([][]uint64, len(work)),
+		maybe: make([]bool, len(work)), seqs: make([]uint64, len(work)), dup: make([]bool, len(work))}
 	size := 0
 	for i := range work {
 		size += 10 + len(work[i].Event.Topic) + len(work[i].Event.EventID)
@@ -222,87 +231,124 @@ func (c *chunk) testBloom(g *guardedFilter) {
 // classify decides for every valid entry whether it is new: the first
 // occurrence of a key in the chunk is new unless the bloom filter and then a
 // run of the seen set say it is stored; later occurrences are duplicates.
-func (c *chunk) classify(probe []probeRun) {
+// New entries get the seqs after lastSeq in offset order; every duplicate
+// gets the seq of the event it duplicates.
+func (c *chunk) classify(probe []probeRun, lastSeq uint64) {
 	c.fresh = make([]int, 0, len(c.order))
-	var prev []byte
+	first := -1 // entry index of the first occurrence of the current key
+	var later []int
 	for n, i := range c.order {
 		k := c.keys[i]
-		if n > 0 && bytes.Equal(k, prev) {
+		if n > 0 && bytes.Equal(k, c.keys[first]) {
 			c.dups++
+			c.dup[i] = true
+			later = append(later, i, first)
 			continue
 		}
-		prev = k
-		if c.maybe[i] && inRuns(probe, k, c.locs[i]) {
-			c.dups++
-			continue
+		first = i
+		if c.maybe[i] {
+			if seq, ok := inRuns(probe, k, c.locs[i]); ok {
+				c.dups++
+				c.dup[i], c.seqs[i] = true, seq
+				continue
+			}
 		}
 		c.fresh = append(c.fresh, i)
 	}
+	byOffset := slices.Sorted(slices.Values(c.fresh))
+	for j, i := range byOffset {
+		c.seqs[i] = lastSeq + 1 + uint64(j)
+	}
+	for j := 0; j < len(later); j += 2 {
+		c.seqs[later[j]] = c.seqs[later[j+1]]
+	}
 }
 
-// write stores the new events and updates the per-topic counts.
+// write stores the new events (by seq, and in the per-topic indexes by seq
+// and by time) and updates the per-topic counts.
 func (c *chunk) write(tx *bolt.Tx) error {
 	if len(c.fresh) == 0 {
 		return nil
 	}
-	// Index keys and values, then group by topic in key order.
-	size := 0
-	for _, i := range c.fresh {
-		size += idxKeyLen + c.work[i].Event.EncodedSize()
+	byOffset := slices.Sorted(slices.Values(c.fresh)) // = seq order
+	if err := c.writeEvents(tx, byOffset); err != nil {
+		return err
 	}
-	buf := make([]byte, 0, size)
-	idxKeys := make([][]byte, len(c.work))
-	vals := make([][]byte, len(c.work))
-	for _, i := range c.fresh {
-		e := &c.work[i]
-		start := len(buf)
-		buf = appendIdxKey(buf, e.Event.Timestamp, e.Offset)
-		mid := len(buf)
-		buf = e.Event.AppendBinary(buf)
-		idxKeys[i], vals[i] = buf[start:mid:mid], buf[mid:len(buf):len(buf)]
-	}
-	// Group by topic (offset order), then sort each group by index key;
-	// timestamps mostly grow with offsets, so the sort is usually skipped.
 	groups := map[string][]int{}
-	for _, i := range slices.Sorted(slices.Values(c.fresh)) {
+	for _, i := range byOffset {
 		t := c.work[i].Event.Topic
 		groups[t] = append(groups[t], i)
 	}
-	byKey := func(a, b int) int { return bytes.Compare(idxKeys[a], idxKeys[b]) }
-	byTopic := make([]int, 0, len(c.fresh))
+	topics := tx.Bucket(bucketTopics)
 	for _, t := range slices.Sorted(maps.Keys(groups)) {
-		g := groups[t]
-		if !slices.IsSortedFunc(g, byKey) {
-			slices.SortFunc(g, byKey)
-		}
-		byTopic = append(byTopic, g...)
-	}
-	idx, topics := tx.Bucket(bucketIdx), tx.Bucket(bucketTopics)
-	for start := 0; start < len(byTopic); {
-		topic := c.work[byTopic[start]].Event.Topic
-		end := start + 1
-		for end < len(byTopic) && c.work[byTopic[end]].Event.Topic == topic {
-			end++
-		}
-		b, err := idx.CreateBucketIfNotExists([]byte(topic))
-		if err != nil {
-			return fmt.Errorf("create topic bucket: %w", err)
-		}
-		b.FillPercent = idxFillPercent
-		for _, i := range byTopic[start:end] {
-			if err := b.Put(idxKeys[i], vals[i]); err != nil {
-				return fmt.Errorf("put event: %w", err)
-			}
-		}
-		old := topics.Get([]byte(topic))
+		old := topics.Get([]byte(t))
 		if old == nil {
 			c.newTopics++
 		}
-		n := u64(old) + uint64(end-start)
-		if err := topics.Put([]byte(topic), putU64(n)); err != nil {
+		count := u64(old)
+		if err := c.writeTopic(tx, t, groups[t], count); err != nil {
+			return err
+		}
+		if err := topics.Put([]byte(t), putU64(count+uint64(len(groups[t])))); err != nil {
 			return fmt.Errorf("put topic count: %w", err)
 		}
-		start = end
+	}
+	return nil
+}
+
+// writeEvents puts the new entries, given in seq order, into the events
+// bucket.
+func (c *chunk) writeEvents(tx *bolt.Tx, bySeq []int) error {
+	size := 0
+	for _, i := range bySeq {
+		size += seqKeyLen + eventHeaderLen + c.work[i].Event.EncodedSize()
+	}
+	buf := make([]byte, 0, size)
+	b := tx.Bucket(bucketEvents)
+	b.FillPercent = 1.0 // seqs only grow: fill pages completely
+	for _, i := range bySeq {
+		e := &c.work[i]
+		start := len(buf)
+		buf = appendSeqKey(buf, c.seqs[i])
+		mid := len(buf)
+		buf = appendEventValue(buf, e.Offset, c.appliedAt, &e.Event)
+		if err := b.Put(buf[start:mid:mid], buf[mid:len(buf):len(buf)]); err != nil {
+			return fmt.Errorf("put event: %w", err)
+		}
+	}
+	return nil
+}
+
+// writeTopic adds the new events of one topic (in seq order) to its
+// indexes: by seq (value: the event's ordinal in the topic, from count+1)
+// and by (timestamp, offset) (value: the seq).
+func (c *chunk) writeTopic(tx *bolt.Tx, topic string, bySeq []int, count uint64) error {
+	seqB, err := tx.Bucket(bucketBySeq).CreateBucketIfNotExists([]byte(topic))
+	if err != nil {
+		return fmt.Errorf("create topic bucket: %w", err)
+	}
+	seqB.FillPercent = 1.0
+	timeB, err := tx.Bucket(bucketByTime).CreateBucketIfNotExists([]byte(topic))
+	if err != nil {
+		return fmt.Errorf("create topic bucket: %w", err)
+	}
+	timeB.FillPercent = idxFillPercent
+	buf := make([]byte, 0, len(bySeq)*(2*seqKeyLen+8+idxKeyLen))
+	for j, i := range bySeq {
+		e := &c.work[i]
+		start := len(buf)
+		buf = appendSeqKey(buf, c.seqs[i])
+		k := buf[start:len(buf):len(buf)]
+		start = len(buf)
+		buf = binary.BigEndian.AppendUint64(buf, count+1+uint64(j))
+		if err := seqB.Put(k, buf[start:len(buf):len(buf)]); err != nil {
+			return fmt.Errorf("put topic seq: %w", err)
+		}
+		start = len(buf)
+		buf = appendIdxKey(buf, e.Event.Timestamp, e.Offset)
+		if err := timeB.Put(buf[start:len(buf):len(buf)], k); err != nil {
+			return fmt.Errorf("put topic time: %w", err)
+		}
 	}
 	return nil
 }

@@ -118,7 +118,7 @@ func (s *Store) buildFilter(capacity uint, grow bool) (*bloom.BloomFilter, int, 
 				return err
 			}
 			for n := 0; n < s.opts.rebuildBatch; n++ {
-				k := m.next()
+				k, _ := m.next()
 				if k == nil {
 					done = true
 					break

@@ -2,13 +2,17 @@ package dedup
 
 import (
 	"encoding/binary"
+	"fmt"
 	"time"
+
+	"github.com/aggregator-dev/aggregator/event"
 )
 
 // Key layouts. Topics are length-prefixed wherever a key holds more than the
 // topic, so no topic or event ID can make two different pairs collide.
 //
 //	seen key:  uvarint(len(topic)) topic event_id
+//	seq key:   seq (8 bytes, big-endian)
 //	idx key:   sortable timestamp (12 bytes) offset (8 bytes, big-endian)
 //
 // The sortable timestamp is the Unix second with its sign bit flipped, as
@@ -17,7 +21,40 @@ import (
 const (
 	tsKeyLen  = 12
 	idxKeyLen = tsKeyLen + 8
+	seqKeyLen = 8
 )
+
+func appendSeqKey(dst []byte, seq uint64) []byte { return binary.BigEndian.AppendUint64(dst, seq) }
+
+// Event value layout (the events bucket, keyed by seq):
+//
+//	version (1 byte, eventValueVersion) | offset (8 bytes) | apply time (8
+//	bytes, Unix nanoseconds) | the event's binary encoding (event.AppendBinary)
+const (
+	eventValueVersion = 1
+	eventHeaderLen    = 17
+)
+
+func appendEventValue(dst []byte, offset uint64, appliedAt int64, e *event.Event) []byte {
+	dst = append(dst, eventValueVersion)
+	dst = binary.BigEndian.AppendUint64(dst, offset)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(appliedAt))
+	return e.AppendBinary(dst)
+}
+
+// decodeEventValue parses an event value; the event's strings are copies,
+// its Payload aliases v.
+func decodeEventValue(seq uint64, v []byte) (event.Stored, int64, error) {
+	if len(v) < eventHeaderLen || v[0] != eventValueVersion {
+		return event.Stored{}, 0, fmt.Errorf("seq %d: bad event value", seq)
+	}
+	e, err := event.Decode(v[eventHeaderLen:])
+	if err != nil {
+		return event.Stored{}, 0, fmt.Errorf("seq %d: %w", seq, err)
+	}
+	st := event.Stored{Event: e, Seq: seq, Offset: binary.BigEndian.Uint64(v[1:])}
+	return st, int64(binary.BigEndian.Uint64(v[9:])), nil
+}
 
 // appendSeenKey appends the seen-set key of (topic, id) to dst.
 func appendSeenKey(dst []byte, topic, id string) []byte {

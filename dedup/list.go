@@ -68,13 +68,34 @@ func decodeCursor(s string) (cursor, error) {
 
 // List returns one page of stored events: of q.Topic in (timestamp, offset)
 // order, or of all topics in (topic, timestamp, offset) order when q.Topic is
-// empty. q.Limit <= 0 means DefaultListLimit; it is capped at MaxListLimit.
-// q.Cursor is "" or the NextCursor of a previous page of the same query; any
-// other cursor yields an error wrapping event.ErrBadCursor. Events stored
-// after a cursor was made appear on later pages if they sort after it.
+// empty. q.Limit <= 0 means event.DefaultListLimit; it is capped at
+// event.MaxListLimit. q.Cursor is "" or the NextCursor of a previous page of
+// the same query; any other cursor yields an error wrapping
+// event.ErrBadCursor. Events stored after a cursor was made appear on later
+// pages if they sort after it.
 func (s *Store) List(q event.ListQuery) (event.Page, error) {
+	page := event.Page{Events: []event.Stored{}}
+	var err error
+	page.NextCursor, err = s.ListFunc(q, func(e *event.Stored) bool {
+		c := *e
+		c.Payload = bytes.Clone(e.Payload)
+		page.Events = append(page.Events, c)
+		return true
+	})
+	if err != nil {
+		return event.Page{}, err
+	}
+	return page, nil
+}
+
+// ListFunc is List calling take for each event of the page, in order,
+// within one read transaction, instead of collecting them: take returns
+// false to leave that event (and the rest) to the next page. The event's
+// Payload is valid only during the call. It returns the cursor of the next
+// page ("" when there are no more events).
+func (s *Store) ListFunc(q event.ListQuery, take func(*event.Stored) bool) (next string, err error) {
 	if s.closed.Load() {
-		return event.Page{}, ErrClosed
+		return "", ErrClosed
 	}
 	limit := q.Limit
 	if limit <= 0 {
@@ -85,20 +106,20 @@ func (s *Store) List(q event.ListQuery) (event.Page, error) {
 	if q.Cursor != "" {
 		c, err := decodeCursor(q.Cursor)
 		if err != nil {
-			return event.Page{}, err
+			return "", err
 		}
 		if (q.Topic == "") != (c.kind == kindAll) || (q.Topic != "" && c.topic != q.Topic) {
-			return event.Page{}, fmt.Errorf("%w: made for another query", event.ErrBadCursor)
+			return "", fmt.Errorf("%w: made for another query", event.ErrBadCursor)
 		}
 		after = &c
 	}
-	var page event.Page
-	err := s.db.View(func(tx *bolt.Tx) error {
-		it := pageIter{idx: tx.Bucket(bucketIdx), limit: limit, topicOnly: q.Topic != ""}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		it := pageIter{byTime: tx.Bucket(bucketByTime), events: tx.Bucket(bucketEvents), limit: limit,
+			topicOnly: q.Topic != "", take: take, after: after}
 		if err := it.run(q.Topic, after); err != nil {
 			return err
 		}
-		page = it.page
+		next = it.next
 		if s.onListSteps != nil {
 			s.onListSteps(it.steps)
 		}
@@ -106,31 +127,32 @@ func (s *Store) List(q event.ListQuery) (event.Page, error) {
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
-			return event.Page{}, ErrClosed
+			return "", ErrClosed
 		}
-		return event.Page{}, fmt.Errorf("list events: %w", err)
+		return "", fmt.Errorf("list events: %w", err)
 	}
-	if page.Events == nil {
-		page.Events = []event.Stored{}
-	}
-	return page, nil
+	return next, nil
 }
 
-// pageIter collects up to limit events and looks one further to decide
+// pageIter hands up to limit events to take and looks one further to decide
 // whether there is a next page.
 type pageIter struct {
-	idx       *bolt.Bucket
-	limit     int
-	topicOnly bool
-	page      event.Page
-	steps     int // cursor moves, for the O(limit) test
+	byTime, events *bolt.Bucket
+	limit          int
+	topicOnly      bool
+	take           func(*event.Stored) bool
+	taken          int
+	after          *cursor // where the page starts (nil: at the beginning)
+	last           cursor  // the last event taken
+	next           string
+	steps          int // cursor moves, for the O(limit) test
 }
 
 // run walks from the position after `after` (or the start) of topic (or of
 // all topics when topic is "").
 func (it *pageIter) run(topic string, after *cursor) error {
 	if it.topicOnly {
-		b := it.idx.Bucket([]byte(topic))
+		b := it.byTime.Bucket([]byte(topic))
 		if b == nil {
 			return nil
 		}
@@ -141,7 +163,7 @@ func (it *pageIter) run(topic string, after *cursor) error {
 		_, err := it.walkTopic(topic, b, key)
 		return err
 	}
-	tc := it.idx.Cursor()
+	tc := it.byTime.Cursor()
 	var tk []byte
 	var key []byte
 	if after == nil {
@@ -154,7 +176,7 @@ func (it *pageIter) run(topic string, after *cursor) error {
 	}
 	for ; tk != nil; tk, _ = tc.Next() {
 		it.steps++
-		b := it.idx.Bucket(tk)
+		b := it.byTime.Bucket(tk)
 		if b == nil {
 			continue
 		}
@@ -167,9 +189,9 @@ func (it *pageIter) run(topic string, after *cursor) error {
 	return nil
 }
 
-// walkTopic appends events of one topic bucket after key (from its start when
-// key is nil). It returns full=true once the page is complete, having set
-// NextCursor when a further event exists.
+// walkTopic hands events of one topic bucket after key (from its start when
+// key is nil) to take. It returns full=true once the page is complete,
+// having set next when a further event exists.
 func (it *pageIter) walkTopic(topic string, b *bolt.Bucket, key []byte) (full bool, err error) {
 	c := b.Cursor()
 	var k, v []byte
@@ -180,25 +202,41 @@ func (it *pageIter) walkTopic(topic string, b *bolt.Bucket, key []byte) (full bo
 	}
 	for ; k != nil; k, v = c.Next() {
 		it.steps++
-		if len(it.page.Events) == it.limit {
-			last := it.page.Events[len(it.page.Events)-1]
-			kind := byte(kindAll)
-			if it.topicOnly {
-				kind = kindTopic
-			}
-			it.page.NextCursor = encodeCursor(cursor{kind: kind, topic: last.Topic,
-				key: appendIdxKey(nil, last.Timestamp, last.Offset)})
+		if it.taken == it.limit {
+			it.setNext()
 			return true, nil
 		}
-		_, off, ok := parseIdxKey(k)
-		if !ok {
-			return false, fmt.Errorf("topic %q: bad index key %x", topic, k)
+		if _, _, ok := parseIdxKey(k); !ok || len(v) != seqKeyLen {
+			return false, fmt.Errorf("topic %q: bad time index entry %x", topic, k)
 		}
-		e, err := event.Decode(bytes.Clone(v)) // v lives in the mmap only during the transaction
+		seq := u64(v)
+		e, _, err := decodeEventValue(seq, it.events.Get(v))
 		if err != nil {
-			return false, fmt.Errorf("topic %q offset %d: %w", topic, off, err)
+			return false, fmt.Errorf("topic %q: %w", topic, err)
 		}
-		it.page.Events = append(it.page.Events, event.Stored{Event: e, Offset: off})
+		if !it.take(&e) {
+			it.setNext()
+			return true, nil
+		}
+		it.taken++
+		it.last = cursor{topic: topic, key: k}
 	}
 	return false, nil
+}
+
+// setNext makes the cursor naming the last event taken: the next page
+// starts after it (where this one started when take refused the first).
+func (it *pageIter) setNext() {
+	kind := byte(kindAll)
+	if it.topicOnly {
+		kind = kindTopic
+	}
+	last := it.last
+	if it.taken == 0 {
+		if it.after == nil {
+			return // refused the very first event: nothing to resume after
+		}
+		last = *it.after
+	}
+	it.next = encodeCursor(cursor{kind: kind, topic: last.topic, key: last.key})
 }

@@ -32,18 +32,25 @@ const (
 )
 
 // Block layout: n (uint32), n key start offsets into the data area (uint32
-// each), then the n keys back to back, ascending.
+// each), n seqs (uint64 each: the seq of the event each key was first stored
+// with), then the n keys back to back, ascending.
 
 // blockKey returns the i-th key of block b.
 func blockKey(b []byte, i int) []byte {
 	n := int(binary.BigEndian.Uint32(b))
-	data := b[4+4*n:]
+	data := b[4+12*n:]
 	start := binary.BigEndian.Uint32(b[4+4*i:])
 	end := uint32(len(data))
 	if i+1 < n {
 		end = binary.BigEndian.Uint32(b[4+4*(i+1):])
 	}
 	return data[start:end]
+}
+
+// blockSeq returns the seq of the i-th key of block b.
+func blockSeq(b []byte, i int) uint64 {
+	n := int(binary.BigEndian.Uint32(b))
+	return binary.BigEndian.Uint64(b[4+4*n+8*i:])
 }
 
 func blockLen(b []byte) int {
@@ -74,16 +81,18 @@ type runWriter struct {
 	target int // block size
 	f      *bloom.BloomFilter
 	offs   []uint32
+	seqs   []uint64
 	data   []byte
 	first  []byte
 	n      uint64
 }
 
-func (w *runWriter) add(k []byte) error {
+func (w *runWriter) add(k []byte, seq uint64) error {
 	if len(w.offs) == 0 {
 		w.first = append(w.first[:0], k...)
 	}
 	w.offs = append(w.offs, uint32(len(w.data)))
+	w.seqs = append(w.seqs, seq)
 	w.data = append(w.data, k...)
 	w.n++
 	if len(w.data) >= w.target {
@@ -97,17 +106,26 @@ func (w *runWriter) flush() error {
 		return nil
 	}
 	// bbolt keeps the value until the commit: a fresh buffer per block.
-	v := make([]byte, 4+4*len(w.offs)+len(w.data))
-	binary.BigEndian.PutUint32(v, uint32(len(w.offs)))
-	for i, o := range w.offs {
-		binary.BigEndian.PutUint32(v[4+4*i:], o)
-	}
-	copy(v[4+4*len(w.offs):], w.data)
+	v := encodeBlock(w.offs, w.seqs, w.data)
 	if err := w.b.Put(w.first, v); err != nil {
 		return fmt.Errorf("put seen block: %w", err)
 	}
-	w.offs, w.data = w.offs[:0], w.data[:0]
+	w.offs, w.seqs, w.data = w.offs[:0], w.seqs[:0], w.data[:0]
 	return nil
+}
+
+// encodeBlock returns a block of the keys in data that start at offs, with
+// their seqs.
+func encodeBlock(offs []uint32, seqs []uint64, data []byte) []byte {
+	n := len(offs)
+	v := make([]byte, 4+12*n+len(data))
+	binary.BigEndian.PutUint32(v, uint32(n))
+	for i, o := range offs {
+		binary.BigEndian.PutUint32(v[4+4*i:], o)
+		binary.BigEndian.PutUint64(v[4+4*n+8*i:], seqs[i])
+	}
+	copy(v[4+12*n:], data)
+	return v
 }
 
 // runInfo is one sorted run: its bucket name (id), number of keys and, in
@@ -171,35 +189,40 @@ func probeOrder(tx *bolt.Tx, runs []runInfo) ([]probeRun, error) {
 	return out, nil
 }
 
-// runHas reports whether run bucket b holds key k.
-func runHas(b *bolt.Bucket, k []byte) bool {
+// runFind returns the seq stored with key k in run bucket b, and whether k
+// is there.
+func runFind(b *bolt.Bucket, k []byte) (uint64, bool) {
 	c := b.Cursor()
-	bk, _ := c.Seek(k)
+	bk, bv := c.Seek(k)
 	if bk != nil && bytes.Equal(bk, k) {
-		return true
+		return blockSeq(bv, 0), true
 	}
-	var bv []byte
 	if bk == nil {
 		_, bv = c.Last()
 	} else {
 		_, bv = c.Prev()
 	}
 	if bv == nil {
-		return false
+		return 0, false
 	}
-	_, ok := blockSearch(bv, k)
-	return ok
+	i, ok := blockSearch(bv, k)
+	if !ok {
+		return 0, false
+	}
+	return blockSeq(bv, i), true
 }
 
-// inRuns reports whether k is stored, reading only the runs whose own filter
-// may hold it.
-func inRuns(probe []probeRun, k []byte, locs []uint64) bool {
+// inRuns returns the seq k is stored with, and whether it is stored,
+// reading only the runs whose own filter may hold it.
+func inRuns(probe []probeRun, k []byte, locs []uint64) (uint64, bool) {
 	for _, r := range probe {
-		if r.f.TestLocations(locs) && runHas(r.b, k) {
-			return true
+		if r.f.TestLocations(locs) {
+			if seq, ok := runFind(r.b, k); ok {
+				return seq, true
+			}
 		}
 	}
-	return false
+	return 0, false
 }
 
 // newRun creates the bucket of run id and a writer for it.
@@ -230,7 +253,7 @@ func (s *Store) writeRun(tx *bolt.Tx, c *chunk, id uint64) (runInfo, error) {
 		return runInfo{}, err
 	}
 	for _, i := range c.fresh {
-		if err := w.add(c.keys[i]); err != nil {
+		if err := w.add(c.keys[i], c.seqs[i]); err != nil {
 			return runInfo{}, err
 		}
 		addLocs(w.f, c.locs[i])
@@ -293,8 +316,8 @@ func (s *Store) mergeRuns(tx *bolt.Tx, runs []runInfo, id uint64) (runInfo, erro
 		}
 		m.add(b, nil)
 	}
-	for k := m.next(); k != nil; k = m.next() {
-		if err := w.add(k); err != nil {
+	for k, seq := m.next(); k != nil; k, seq = m.next() {
+		if err := w.add(k, seq); err != nil {
 			return runInfo{}, err
 		}
 		w.f.Add(k)
@@ -328,6 +351,9 @@ func (it *runIter) key() []byte {
 	}
 	return blockKey(it.block, it.i)
 }
+
+// seq returns the seq of the current key.
+func (it *runIter) seq() uint64 { return blockSeq(it.block, it.i) }
 
 func (it *runIter) advance() {
 	if it.i++; it.i < it.n {
@@ -393,24 +419,28 @@ func (m *runMerger) add(b *bolt.Bucket, after []byte) {
 	m.its = append(m.its, it)
 }
 
-// next returns the next key, nil at the end. The key is valid while the
-// transaction is.
-func (m *runMerger) next() []byte {
-	var least []byte
+// next returns the next key and its seq, nil at the end. The key is valid
+// while the transaction is.
+func (m *runMerger) next() ([]byte, uint64) {
+	var least *runIter
 	for _, it := range m.its {
-		if k := it.key(); k != nil && (least == nil || bytes.Compare(k, least) < 0) {
-			least = k
+		if k := it.key(); k != nil && (least == nil || bytes.Compare(k, least.key()) < 0) {
+			least = it
 		}
 	}
 	if least == nil {
-		return nil
+		return nil, 0
 	}
+	k, seq := least.key(), least.seq()
 	for _, it := range m.its {
-		if k := it.key(); k != nil && bytes.Equal(k, least) {
-			it.advance()
+		if it != least {
+			if ik := it.key(); ik != nil && bytes.Equal(ik, k) {
+				it.advance()
+			}
 		}
 	}
-	return least
+	least.advance()
+	return k, seq
 }
 
 // newRunMerger merges all runs of the seen set from after a key.

@@ -63,7 +63,7 @@ func TestSeenSetRunsBlocksAndMerges(t *testing.T) {
 					return err
 				}
 				for i := from + 1; i <= len(want); i++ {
-					k := m.next()
+					k, _ := m.next()
 					if i == len(want) {
 						if k != nil {
 							t.Fatalf("scan after %d: extra key %q", from, k)
@@ -78,7 +78,7 @@ func TestSeenSetRunsBlocksAndMerges(t *testing.T) {
 				if from >= 0 {
 					between := append(bytes.Clone(want[from]), 0)
 					m, _ := newRunMerger(tx, between)
-					if k := m.next(); from+1 < len(want) && !bytes.Equal(k, want[from+1]) {
+					if k, _ := m.next(); from+1 < len(want) && !bytes.Equal(k, want[from+1]) {
 						t.Fatalf("scan after %q: got %q, want %q", between, k, want[from+1])
 					}
 				}
@@ -114,23 +114,25 @@ func TestBlockSearch(t *testing.T) {
 	for i := range 50 {
 		keys = append(keys, []byte(fmt.Sprintf("k%03d", i*2)))
 	}
-	w := &runWriter{target: 1 << 20}
-	for _, k := range keys {
-		w.offs = append(w.offs, uint32(len(w.data)))
-		w.data = append(w.data, k...)
+	var (
+		offs []uint32
+		seqs []uint64
+		data []byte
+	)
+	for i, k := range keys {
+		offs = append(offs, uint32(len(data)))
+		seqs = append(seqs, uint64(1000+i))
+		data = append(data, k...)
 	}
-	// Encode as flush would, without a bucket.
-	v := make([]byte, 4+4*len(w.offs)+len(w.data))
-	v[3] = byte(len(w.offs))
-	for i, o := range w.offs {
-		v[4+4*i+2], v[4+4*i+3] = byte(o>>8), byte(o)
-	}
-	copy(v[4+4*len(w.offs):], w.data)
+	v := encodeBlock(offs, seqs, data)
 	for i := range 100 {
 		k := []byte(fmt.Sprintf("k%03d", i))
 		idx, found := blockSearch(v, k)
 		if found != (i%2 == 0) || idx != (i+1)/2 {
 			t.Fatalf("search %s: %d %v", k, idx, found)
+		}
+		if found && (blockSeq(v, idx) != uint64(1000+i/2) || !bytes.Equal(blockKey(v, idx), k)) {
+			t.Fatalf("key %d: seq %d, key %q", idx, blockSeq(v, idx), blockKey(v, idx))
 		}
 	}
 	if idx, found := blockSearch(v, []byte("z")); found || idx != 50 {

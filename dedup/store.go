@@ -28,23 +28,34 @@ const (
 )
 
 // formatVersion is stored in the meta bucket; Open refuses other versions.
-const formatVersion = 2 // 2: the seen set as sorted runs of key blocks (1 was one B+tree)
+// 1 was the seen set as one B+tree; 2 the seen set as sorted runs of key
+// blocks with the events clustered per topic by time; 3 gives every unique
+// event a seq: the events keyed by seq, per-topic indexes by seq and by
+// time, and the seen set's keys carry the seq they were stored with.
+const formatVersion = 3
 
 // Bucket names and meta keys.
 var (
-	bucketSeen   = []byte("seen") // nested buckets: the runs of the seen set
-	bucketRuns   = []byte("runs") // run id -> number of keys
-	bucketIdx    = []byte("idx")
-	bucketTopics = []byte("topics")
-	bucketMeta   = []byte("meta")
+	bucketSeen      = []byte("seen")      // nested buckets: the runs of the seen set
+	bucketRuns      = []byte("runs")      // run id -> number of keys
+	bucketEvents    = []byte("events")    // seq -> event value (see keys.go)
+	bucketBySeq     = []byte("byseq")     // nested per topic: seq -> ordinal of the event in its topic
+	bucketByTime    = []byte("bytime")    // nested per topic: idx key (timestamp, offset) -> seq
+	bucketTopics    = []byte("topics")    // topic -> unique events (lifetime)
+	bucketConsumers = []byte("consumers") // named cursor -> acked seq and topic
+	bucketMeta      = []byte("meta")
 
 	metaVersion    = []byte("version")
 	metaCheckpoint = []byte("checkpoint")
-	metaUnique     = []byte("unique")
+	metaUnique     = []byte("unique") // = the last seq given
 	metaDuplicates = []byte("duplicates")
 	metaMalformed  = []byte("malformed")
 	metaNextRun    = []byte("nextrun")
 )
+
+// allBuckets are the top-level buckets of the format.
+var allBuckets = [][]byte{bucketSeen, bucketRuns, bucketEvents, bucketBySeq, bucketByTime, bucketTopics,
+	bucketConsumers, bucketMeta}
 
 var (
 	// ErrClosed is returned by Apply, List and Stats after Close.
@@ -97,11 +108,12 @@ type Options struct {
 
 // Stats is a snapshot of the durable counters and of the bloom filter.
 type Stats struct {
-	Unique          uint64 // unique events stored (= Keys)
-	Duplicates      uint64 // entries dropped as duplicates
-	Malformed       uint64 // entries skipped as invalid (empty or oversized topic/event ID, undecodable record)
-	Checkpoint      uint64 // last applied log offset; Unique+Duplicates+Malformed when the log starts at 1
-	Topics          map[string]uint64
+	Unique          uint64  // unique events stored (= Keys)
+	Duplicates      uint64  // entries dropped as duplicates
+	Malformed       uint64  // entries skipped as invalid (empty or oversized topic/event ID, undecodable record)
+	Checkpoint      uint64  // last applied log offset; Unique+Duplicates+Malformed when the log starts at 1
+	LastSeq         uint64  // seq of the last unique event (= Unique)
+	TopicCount      uint64  // topics with at least one unique event (Topics lists them)
 	Keys            uint64  // keys in the seen set (= Unique)
 	SeenRuns        int     // sorted runs the seen set is split into
 	RunFilterBits   uint64  // bits of the per-run bloom filters, together
@@ -122,12 +134,17 @@ type Store struct {
 	applyMu    sync.Mutex // serialises Apply and the start of a rebuild
 	checkpoint atomic.Uint64
 	keys       atomic.Uint64 // stored keys (= unique); written under applyMu
+	lastSeq    atomic.Uint64 // seq of the last unique event; written under applyMu
 	topics     atomic.Uint64 // topics with a stored event; written under applyMu
 	runs       []runInfo     // runs of the seen set, oldest first; guarded by applyMu
 	nextRun    uint64        // id of the next run; guarded by applyMu
 	bloom      *guardedFilter
 	growing    atomic.Bool   // a bloom rebuild is running
 	runBits    atomic.Uint64 // bits of the run filters (for Stats)
+
+	verdicts verdictRing // what the recent entries were: new or duplicate, and their seq
+	applied  notifier    // bumped after every commit
+	now      func() time.Time
 
 	onListSteps func(steps int) // test seam: cursor moves of each List
 	filtersFrom string          // "snapshot" or "scan": how Open got the filters
@@ -159,7 +176,9 @@ func Open(path string, opts *Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s := &Store{db: db, logger: o.Logger, opts: o, fpRate: o.FalsePositiveRate, stop: make(chan struct{})}
+	s := &Store{db: db, logger: o.Logger, opts: o, fpRate: o.FalsePositiveRate, stop: make(chan struct{}), now: time.Now}
+	s.verdicts.init(verdictRingSize)
+	s.applied.init()
 	_, s.k = bloom.EstimateParameters(DefaultExpectedKeys, o.FalsePositiveRate)
 	if err := s.init(); err != nil {
 		_ = db.Close()
@@ -272,7 +291,7 @@ func (s *Store) init() error {
 		return err
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketSeen, bucketRuns, bucketIdx, bucketTopics, bucketMeta} {
+		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -293,13 +312,14 @@ func (s *Store) load(tx *bolt.Tx) error {
 	if v := meta.Get(metaVersion); u64(v) != formatVersion {
 		return fmt.Errorf("%w: version %d", ErrFormat, u64(v))
 	}
-	for _, name := range [][]byte{bucketSeen, bucketRuns, bucketIdx, bucketTopics} {
+	for _, name := range allBuckets {
 		if tx.Bucket(name) == nil {
 			return fmt.Errorf("%w: bucket %s missing", ErrFormat, name)
 		}
 	}
 	s.checkpoint.Store(u64(meta.Get(metaCheckpoint)))
 	s.keys.Store(u64(meta.Get(metaUnique)))
+	s.lastSeq.Store(u64(meta.Get(metaUnique)))
 	s.topics.Store(uint64(tx.Bucket(bucketTopics).Stats().KeyN))
 	s.nextRun = u64(meta.Get(metaNextRun))
 	var err error
@@ -312,12 +332,13 @@ func (s *Store) load(tx *bolt.Tx) error {
 func (s *Store) Checkpoint() uint64 { return s.checkpoint.Load() }
 
 // Stats reads the durable counters in one short read transaction and adds the
-// bloom filter's sizes.
+// bloom filter's sizes. Its cost does not grow with the stored events or
+// topics.
 func (s *Store) Stats() (Stats, error) {
 	if s.closed.Load() {
 		return Stats{}, ErrClosed
 	}
-	st := Stats{Topics: make(map[string]uint64)}
+	var st Stats
 	err := s.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		st.Checkpoint = u64(meta.Get(metaCheckpoint))
@@ -332,10 +353,8 @@ func (s *Store) Stats() (Stats, error) {
 			st.Keys += r.n
 		}
 		st.SeenRuns = len(runs)
-		return tx.Bucket(bucketTopics).ForEach(func(k, v []byte) error {
-			st.Topics[string(k)] = u64(v)
-			return nil
-		})
+		st.LastSeq = st.Unique
+		return nil
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
@@ -343,6 +362,7 @@ func (s *Store) Stats() (Stats, error) {
 		}
 		return Stats{}, fmt.Errorf("read stats: %w", err)
 	}
+	st.TopicCount = s.topics.Load()
 	st.BloomBits, st.BloomK, st.BloomFPEstimate = s.bloom.sizes(st.Keys)
 	st.RunFilterBits = s.runBits.Load()
 	return st, nil
@@ -356,6 +376,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.stop)
+		s.applied.close()
 		s.applyMu.Lock() // wait for a running Apply; none starts a rebuild after this
 		defer s.applyMu.Unlock()
 		s.wg.Wait()

@@ -34,8 +34,15 @@ func TestApplyCountsAndStores(t *testing.T) {
 	if st.Unique != 4 || st.Duplicates != 2 || st.Checkpoint != 6 || st.Keys != 4 || st.Malformed != 0 {
 		t.Fatalf("stats: %+v", st)
 	}
-	if want := map[string]uint64{"a": 2, "b": 1, "c": 1}; fmt.Sprint(st.Topics) != fmt.Sprint(want) {
-		t.Fatalf("topics %v, want %v", st.Topics, want)
+	topics, more, err := s.Topics("", 10)
+	if want := "[{a 2} {b 1} {c 1}]"; err != nil || more || fmt.Sprint(topics) != want || st.TopicCount != 3 {
+		t.Fatalf("topics %v (more %v, err %v, count %d), want %v", topics, more, err, st.TopicCount, want)
+	}
+	if page, more, _ := s.Topics("a", 1); fmt.Sprint(page) != "[{b 1}]" || !more {
+		t.Fatalf("topics after a, limit 1: %v more %v", page, more)
+	}
+	if st.LastSeq != 4 {
+		t.Fatalf("last seq %d, want 4", st.LastSeq)
 	}
 	if s.Checkpoint() != 6 {
 		t.Fatalf("Checkpoint() = %d", s.Checkpoint())

@@ -34,6 +34,9 @@ const (
 	NotFound
 	// MethodNotAllowed is a known route asked with the wrong method (405).
 	MethodNotAllowed
+	// Conflict is a request that contradicts the state it would change,
+	// e.g. creating an object that exists with other settings (409).
+	Conflict
 	// Overloaded is a refusal because a bound is passed: consumer lag, log
 	// size, requests in flight. Nothing was done; retry later (429).
 	Overloaded
