@@ -15,13 +15,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/aggregator-dev/aggregator/event"
 	"github.com/julienschmidt/httprouter"
 )
 
-// Backend is the storage behind the API.
+// Backend is the storage behind the API. Every method may return an error
+// wrapping event.ErrUnavailable while the index is opening or closed.
 type Backend interface {
 	// Publish makes events durable and returns the log offsets of the first
 	// and the last one. It returns only after they are durable, or with an
@@ -29,9 +31,37 @@ type Backend interface {
 	// bytes) belong to the caller and are reused after Publish returns: a
 	// Backend that keeps them must copy them.
 	Publish(ctx context.Context, events []event.Event) (first, last uint64, err error)
-	// List returns one page of unique events; a bad cursor is an error
-	// wrapping event.ErrBadCursor.
-	List(ctx context.Context, q event.ListQuery) (event.Page, error)
+	// WaitApplied returns nil once the log offset is applied to the index,
+	// or ctx.Err() when ctx ends first.
+	WaitApplied(ctx context.Context, offset uint64) error
+	// Verdicts says what the index made of the applied records at offsets
+	// first to last, which hold events.
+	Verdicts(ctx context.Context, first, last uint64, events []event.Event) ([]event.Verdict, error)
+	// List hands one page of unique events in time order to take (which
+	// returns false to leave the rest to the next page; an event's Payload
+	// is valid only during the call) and returns the next page's cursor ("":
+	// no more). A bad cursor is an error wrapping event.ErrBadCursor.
+	List(ctx context.Context, q event.ListQuery, take func(*event.Stored) bool) (next string, err error)
+	// Feed hands the events after q.After, in seq order, to take, and
+	// returns the seq of the last one taken (q.After when none was).
+	Feed(ctx context.Context, q event.FeedQuery, take func(*event.Stored) bool) (last uint64, err error)
+	// Changed returns a channel that is closed at the next commit to the
+	// index (and when the index closes): a reader that found nothing new
+	// waits on the channel it got before it read, then reads again.
+	Changed(ctx context.Context) (<-chan struct{}, error)
+	// Topics returns up to limit topics after the topic after, with their
+	// counts, and whether more follow.
+	Topics(ctx context.Context, after string, limit int) ([]event.TopicCount, bool, error)
+	// PutCursor creates the named cursor on topic unless it exists (then
+	// created is false); see dedup.Store.PutCursor.
+	PutCursor(ctx context.Context, name, topic string) (c event.Cursor, created bool, err error)
+	// GetCursor returns the named cursor; an unknown one is an error
+	// wrapping event.ErrNotFound.
+	GetCursor(ctx context.Context, name string) (event.Cursor, error)
+	// AckCursor moves the named cursor to max(acked, seq), durably.
+	AckCursor(ctx context.Context, name string, seq uint64) (event.Cursor, error)
+	// DeleteCursor removes the named cursor.
+	DeleteCursor(ctx context.Context, name string) error
 	// Stats returns the lifetime counters.
 	Stats(ctx context.Context) (Stats, error)
 	// Ready returns nil when the service accepts writes and serves reads,
@@ -40,14 +70,16 @@ type Backend interface {
 }
 
 // Stats are the counters of GET /stats. They are lifetime counters: they
-// survive a restart.
+// survive a restart. Reading them costs the same whatever the number of
+// events or topics.
 type Stats struct {
-	Received    uint64            // events acknowledged by POST /publish
-	Unique      uint64            // events the index kept
-	Duplicates  uint64            // events the index dropped as duplicates
-	TopicCounts map[string]uint64 // unique events per topic
-	WAL         WALStats
-	Dedup       DedupStats
+	Received   uint64 // events acknowledged by POST /publish
+	Unique     uint64 // events the index kept
+	Duplicates uint64 // events the index dropped as duplicates
+	LastSeq    uint64 // seq of the last unique event
+	TopicCount uint64 // topics with at least one unique event
+	WAL        WALStats
+	Dedup      DedupStats
 }
 
 // WALStats describe the write-ahead log and how far the consumer is behind.
@@ -75,6 +107,20 @@ const (
 	DefaultMaxPayloadDepth = 32
 	DefaultMaxStatsTopics  = 10_000
 	DefaultRetryAfter      = time.Second
+	// DefaultMaxPageBytes bounds the JSON of the events of one page of
+	// /events or /feed (a page holds at least one event).
+	DefaultMaxPageBytes = 4 << 20
+	// DefaultApplyWait is how long POST /publish?wait=applied waits for the
+	// consumer before it answers 202 without verdicts.
+	DefaultApplyWait = 5 * time.Second
+	// MaxWait bounds the wait parameter of /feed (long-poll).
+	MaxWait = 60 * time.Second
+	// DefaultHeartbeat is the interval of the comments that keep an idle
+	// Server-Sent Events stream alive.
+	DefaultHeartbeat = 15 * time.Second
+	// DefaultStreamWriteTimeout cuts a reader of a stream or a long-poll that
+	// does not take a write within it.
+	DefaultStreamWriteTimeout = 10 * time.Second
 	// DefaultMaxInflightPublish bounds the publish requests that have read
 	// and validated their body and are handed to the Backend at once.
 	DefaultMaxInflightPublish = 256
@@ -96,6 +142,14 @@ type Options struct {
 	MaxPayloadDepth int           // nesting of one payload (422 above); default 32
 	MaxStatsTopics  int           // topics listed by GET /stats; default 10,000
 	RetryAfter      time.Duration // Retry-After of 429 and 503; default 1s
+	MaxPageBytes    int           // JSON bytes of the events of one page; default 4 MiB
+	ApplyWait       time.Duration // wait of POST /publish?wait=applied; default 5s
+
+	// Heartbeat is the interval of SSE keep-alive comments (default
+	// DefaultHeartbeat); StreamWriteTimeout cuts a slow reader of a stream
+	// or long-poll (default DefaultStreamWriteTimeout).
+	Heartbeat          time.Duration
+	StreamWriteTimeout time.Duration
 
 	// MaxInflightPublish bounds the publish requests inside Backend.Publish
 	// at once (default DefaultMaxInflightPublish). A request takes a slot
@@ -142,6 +196,18 @@ func (o *Options) withDefaults() Options {
 	if r.RetryAfter <= 0 {
 		r.RetryAfter = DefaultRetryAfter
 	}
+	if r.MaxPageBytes <= 0 {
+		r.MaxPageBytes = DefaultMaxPageBytes
+	}
+	if r.ApplyWait <= 0 {
+		r.ApplyWait = DefaultApplyWait
+	}
+	if r.Heartbeat <= 0 {
+		r.Heartbeat = DefaultHeartbeat
+	}
+	if r.StreamWriteTimeout <= 0 {
+		r.StreamWriteTimeout = DefaultStreamWriteTimeout
+	}
 	if r.MaxInflightPublish <= 0 {
 		r.MaxInflightPublish = DefaultMaxInflightPublish
 	}
@@ -164,6 +230,10 @@ type Handler struct {
 	denials  throttle // logging of 401 and 403 replies
 	auth     authorizer
 	inflight chan struct{} // a slot per publish request inside Backend.Publish
+
+	// closing is closed by CloseStreams: open streams and long-polls end.
+	closing   chan struct{}
+	closeOnce sync.Once
 }
 
 // New returns the HTTP handler of the API over b.
@@ -177,6 +247,7 @@ func New(b Backend, opts *Options) *Handler {
 		started:  time.Now(),
 		auth:     newAuthorizer(o.Tokens),
 		inflight: make(chan struct{}, o.MaxInflightPublish),
+		closing:  make(chan struct{}),
 	}
 
 	r := httprouter.New()
@@ -194,7 +265,14 @@ func New(b Backend, opts *Options) *Handler {
 	}
 	r.POST("/publish", h.publish) // checks its token itself, to count refusals in its metrics
 	r.GET("/events", h.guard(scopeRead, h.events))
+	r.GET("/feed", h.guard(scopeRead, h.feed))
+	r.GET("/topics", h.guard(scopeRead, h.topics))
 	r.GET("/stats", h.guard(scopeRead, h.stats))
+	r.PUT("/consumers/:name", h.guard(scopeRead, h.putConsumer))
+	r.GET("/consumers/:name", h.guard(scopeRead, h.getConsumer))
+	r.DELETE("/consumers/:name", h.guard(scopeRead, h.deleteConsumer))
+	r.GET("/consumers/:name/next", h.guard(scopeRead, h.consumerNext))
+	r.POST("/consumers/:name/ack", h.guard(scopeRead, h.ackConsumer))
 	r.GET("/healthz", h.healthz)
 	r.HEAD("/healthz", h.healthz)
 	r.GET("/readyz", h.readyz)
@@ -207,6 +285,12 @@ func New(b Backend, opts *Options) *Handler {
 	h.router = r
 	return h
 }
+
+// CloseStreams ends the open Server-Sent Events streams and long-polls
+// (their replies end cleanly), so that a graceful shutdown does not wait for
+// them; register it with http.Server.RegisterOnShutdown. Later streams end
+// at once.
+func (h *Handler) CloseStreams() { h.closeOnce.Do(func() { close(h.closing) }) }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

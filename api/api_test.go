@@ -338,8 +338,19 @@ func TestEvents(t *testing.T) {
 	if strings.Join(ids, ",") != "0,1,2,3,4" {
 		t.Errorf("ids %v", ids)
 	}
-	if rec := do(t, h, http.MethodGet, "/events", "", ""); f.lastQuery.Limit != event.DefaultListLimit || rec.Code != 200 {
-		t.Errorf("default limit %d (status %d)", f.lastQuery.Limit, rec.Code)
+	// Without a limit, a page holds event.DefaultListLimit events.
+	var many []any
+	for i := range event.DefaultListLimit + 5 {
+		many = append(many, ev("c", fmt.Sprint(i)))
+	}
+	if rec := do(t, h, http.MethodPost, "/publish", "", mustJSON(t, many)); rec.Code != 200 {
+		t.Fatalf("publish: %d %s", rec.Code, rec.Body.String())
+	}
+	var full page
+	if rec := do(t, h, http.MethodGet, "/events?topic=c", "", ""); rec.Code != 200 {
+		t.Errorf("default limit: status %d", rec.Code)
+	} else if decodeReply(t, rec, &full); len(full.Events) != event.DefaultListLimit || full.NextCursor == nil {
+		t.Errorf("default page: %d events, next cursor %v", len(full.Events), full.NextCursor)
 	}
 	rec := do(t, h, http.MethodGet, "/events?topic=none", "", "")
 	if rec.Body.String() != `{"events":[],"next_cursor":null}`+"\n" {

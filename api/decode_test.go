@@ -144,19 +144,18 @@ func FuzzPublish(f *testing.F) {
 	})
 }
 
-// nopBackend acknowledges everything without storing it.
-type nopBackend struct{ next uint64 }
+// nopBackend acknowledges everything without storing it; it has no other
+// method (the embedded nil Backend panics when called).
+type nopBackend struct {
+	Backend
+	next uint64
+}
 
 func (n *nopBackend) Publish(_ context.Context, evs []event.Event) (uint64, uint64, error) {
 	first := n.next + 1
 	n.next += uint64(len(evs))
 	return first, n.next, nil
 }
-func (*nopBackend) List(context.Context, event.ListQuery) (event.Page, error) {
-	return event.Page{}, nil
-}
-func (*nopBackend) Stats(context.Context) (Stats, error) { return Stats{}, nil }
-func (*nopBackend) Ready(context.Context) error          { return nil }
 
 // BenchmarkPublish measures the API's own cost per request (read, decode,
 // validate, reply) with a backend that does nothing, for batch sizes and

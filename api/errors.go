@@ -37,6 +37,8 @@ func StatusOf(err error) int {
 		return http.StatusNotFound
 	case event.MethodNotAllowed:
 		return http.StatusMethodNotAllowed
+	case event.Conflict:
+		return http.StatusConflict
 	case event.Overloaded:
 		return http.StatusTooManyRequests
 	case event.Unavailable:

@@ -1,12 +1,9 @@
 package api
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 	"time"
 
@@ -33,6 +30,11 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request, _ httprouter.P
 }
 
 func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (status, events int) {
+	pq, err := parsePublish(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return StatusOf(err), 0
+	}
 	if err := h.readBody(w, r, b); err != nil {
 		h.fail(w, r, err)
 		return StatusOf(err), 0
@@ -55,14 +57,78 @@ func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (s
 	n := len(b.events)
 	out := append(b.reply[:0], `{"enqueued":`...)
 	out = strconv.AppendInt(out, int64(n), 10)
-	out = append(out, `,"first_offset":`...)
-	out = strconv.AppendUint(out, first, 10)
-	out = append(out, `,"last_offset":`...)
-	out = strconv.AppendUint(out, last, 10)
+	out = appendUintField(out, "first_offset", first)
+	out = appendUintField(out, "last_offset", last)
+	status = http.StatusOK
+	if pq.waitApplied {
+		if out, err = h.appendVerdicts(r, out, first, last, b.events); err != nil {
+			status = http.StatusAccepted // durable, verdict unknown
+			out = append(out, `,"applied":false`...)
+		}
+	}
 	out = append(out, "}\n"...)
 	b.reply = out
-	writeBody(w, http.StatusOK, out)
-	return http.StatusOK, n
+	writeBody(w, status, out)
+	return status, n
+}
+
+// publishParams are the query parameters of POST /publish.
+type publishParams struct {
+	waitApplied bool // wait=applied: answer with each event's verdict
+}
+
+func parsePublish(r *http.Request) (publishParams, error) {
+	var p publishParams
+	if r.URL.RawQuery == "" {
+		return p, nil
+	}
+	qs, err := parseQuery(r)
+	if err != nil {
+		return p, err
+	}
+	switch qs.Get("wait") {
+	case "":
+	case "applied":
+		p.waitApplied = true
+	default:
+		return p, badRequest(`wait must be "applied"`)
+	}
+	return p, nil
+}
+
+// appendVerdicts waits (up to ApplyWait) until the batch is applied and
+// appends its verdicts in request order: "results": [{"offset", "status":
+// "new" or "duplicate", "seq"}]. It fails when the wait ran out.
+func (h *Handler) appendVerdicts(r *http.Request, out []byte, first, last uint64, events []event.Event) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.opts.ApplyWait)
+	defer cancel()
+	if err := h.backend.WaitApplied(ctx, last); err != nil {
+		return out, err
+	}
+	verdicts, err := h.backend.Verdicts(r.Context(), first, last, events)
+	if err != nil {
+		h.logger.Error("publish: verdicts", "first_offset", first, "last_offset", last, "err", err)
+		return out, err
+	}
+	out = append(out, `,"results":[`...)
+	for i, v := range verdicts {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, `{"offset":`...)
+		out = strconv.AppendUint(out, v.Offset, 10)
+		switch {
+		case v.Duplicate:
+			out = append(out, `,"status":"duplicate"`...)
+		case v.Seq == 0:
+			out = append(out, `,"status":"malformed"`...)
+		default:
+			out = append(out, `,"status":"new"`...)
+		}
+		out = appendUintField(out, "seq", v.Seq)
+		out = append(out, '}')
+	}
+	return append(out, ']'), nil
 }
 
 // errBusy is the refusal of a publish request that found no free slot.
@@ -98,23 +164,18 @@ func (h *Handler) release() {
 	<-h.inflight
 }
 
-// eventsReply is the body of GET /events.
-type eventsReply struct {
-	Events     []event.Stored `json:"events"`
-	NextCursor *string        `json:"next_cursor"`
-}
-
-// events serves GET /events?topic=&limit=&cursor=.
+// events serves GET /events?topic=&limit=&cursor=: a page of unique events
+// in (timestamp, offset) order, streamed (see page).
 func (h *Handler) events(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
-	qs := r.URL.Query()
-	q := event.ListQuery{Topic: qs.Get("topic"), Cursor: qs.Get("cursor"), Limit: event.DefaultListLimit}
-	if s := qs.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > event.MaxListLimit {
-			h.fail(w, r, badRequest("limit must be an integer from 1 to "+strconv.Itoa(event.MaxListLimit)))
-			return
-		}
-		q.Limit = n
+	qs, err := parseQuery(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	q := event.ListQuery{Topic: qs.Get("topic"), Cursor: qs.Get("cursor")}
+	if q.Limit, err = parseLimit(qs.Get("limit"), event.DefaultListLimit); err != nil {
+		h.fail(w, r, err)
+		return
 	}
 	if len(q.Topic) > event.MaxFieldBytes {
 		h.fail(w, r, badRequest("topic must be at most "+strconv.Itoa(event.MaxFieldBytes)+" bytes"))
@@ -124,31 +185,29 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request, _ httprouter.Pa
 		h.fail(w, r, badRequest("bad cursor"))
 		return
 	}
-	page, err := h.backend.List(r.Context(), q)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	reply := eventsReply{Events: page.Events}
-	if reply.Events == nil {
-		reply.Events = []event.Stored{}
-	}
-	for i := range reply.Events {
-		if len(reply.Events[i].Payload) == 0 {
-			reply.Events[i].Payload = emptyPayload
+	limit := q.Limit
+	pg := newPage(w, h.opts.MaxPageBytes, `{"events":[`)
+	defer pg.release()
+	next := ""
+	if !h.readPage(r, pg, limit, func(n int, take func(*event.Stored) bool) (bool, error) {
+		cq := q
+		cq.Limit = n
+		var err error
+		if next, err = h.backend.List(r.Context(), cq, take); err != nil {
+			return false, err
 		}
-	}
-	if page.NextCursor != "" {
-		reply.NextCursor = &page.NextCursor
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(reply); err != nil {
-		h.fail(w, r, err)
+		q.Cursor = next
+		return next != "", nil
+	}) {
 		return
 	}
-	writeBody(w, http.StatusOK, buf.Bytes())
+	end := append(pg.buf[:0:0], `],"next_cursor":`...)
+	if next == "" {
+		end = append(end, "null"...)
+	} else {
+		end = appendJSONString(end, next)
+	}
+	pg.finish(append(end, "}\n"...))
 }
 
 // StatsReply is the body of GET /stats (clients of the API, such as the load
@@ -157,6 +216,8 @@ type StatsReply struct {
 	Received         uint64            `json:"received"`
 	UniqueProcessed  uint64            `json:"unique_processed"`
 	DuplicateDropped uint64            `json:"duplicate_dropped"`
+	LastSeq          uint64            `json:"last_seq"`
+	TopicCount       uint64            `json:"topic_count"`
 	Topics           []string          `json:"topics"`
 	TopicCounts      map[string]uint64 `json:"topic_counts"`
 	TopicsTruncated  bool              `json:"topics_truncated,omitempty"`
@@ -165,38 +226,36 @@ type StatsReply struct {
 	Dedup            DedupStats        `json:"dedup"`
 }
 
-// stats serves GET /stats.
+// stats serves GET /stats: the counters, and the first MaxStatsTopics topics
+// with their counts (all of them page by page at GET /topics). Its cost
+// does not grow with the number of topics past that bound.
 func (h *Handler) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
 	st, err := h.backend.Stats(r.Context())
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	topics := make([]string, 0, len(st.TopicCounts))
-	for t := range st.TopicCounts {
-		topics = append(topics, t)
+	topics, more, err := h.backend.Topics(r.Context(), "", h.opts.MaxStatsTopics)
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
-	slices.Sort(topics)
 	reply := StatsReply{
 		Received:         st.Received,
 		UniqueProcessed:  st.Unique,
 		DuplicateDropped: st.Duplicates,
-		Topics:           topics,
-		TopicCounts:      st.TopicCounts,
+		LastSeq:          st.LastSeq,
+		TopicCount:       st.TopicCount,
+		Topics:           make([]string, len(topics)),
+		TopicCounts:      make(map[string]uint64, len(topics)),
+		TopicsTruncated:  more,
 		UptimeSeconds:    int64(time.Since(h.started).Seconds()),
 		WAL:              st.WAL,
 		Dedup:            st.Dedup,
 	}
-	if len(topics) > h.opts.MaxStatsTopics {
-		reply.Topics = topics[:h.opts.MaxStatsTopics]
-		reply.TopicsTruncated = true
-		reply.TopicCounts = make(map[string]uint64, len(reply.Topics))
-		for _, t := range reply.Topics {
-			reply.TopicCounts[t] = st.TopicCounts[t]
-		}
-	}
-	if reply.TopicCounts == nil {
-		reply.TopicCounts = map[string]uint64{}
+	for i, t := range topics {
+		reply.Topics[i] = t.Topic
+		reply.TopicCounts[t.Topic] = t.Count
 	}
 	writeJSON(w, http.StatusOK, reply)
 }

@@ -47,18 +47,27 @@ type backend struct {
 	mu            sync.Mutex
 	pendingEvents uint64
 	pendingBytes  int64
+
+	topics *topicGate // nil: no bound on the topics
 }
 
-// limits are the backpressure bounds of publishing; zero means no bound.
+// limits are the bounds of the backend; zero means no bound (or, for
+// maxCursors, the index's default).
 type limits struct {
-	maxLag   uint64 // events the consumer may be behind the log
-	maxBytes int64  // bytes of the log's segment files
+	maxLag     uint64 // events the consumer may be behind the log
+	maxBytes   int64  // bytes of the log's segment files
+	maxTopics  int    // topics (publishing an event of a new topic past it: 429)
+	maxCursors int    // named cursors
 }
 
 var _ api.Backend = (*backend)(nil)
 
 func newBackend(l Appender, lim limits) *backend {
-	return &backend{appender: l, limits: lim}
+	b := &backend{appender: l, limits: lim}
+	if lim.maxTopics > 0 {
+		b.topics = &topicGate{max: lim.maxTopics, known: map[string]struct{}{}}
+	}
+	return b
 }
 
 // attach makes the opened index and its started consumer available.
@@ -91,6 +100,11 @@ func (b *backend) Publish(ctx context.Context, events []event.Event) (uint64, ui
 		return 0, 0, err
 	}
 	defer b.unreserve(n, bytes)
+	if b.topics != nil {
+		if err := b.topics.admit(events, b.store.Load()); err != nil {
+			return 0, 0, err
+		}
+	}
 	buf := make([]byte, 0, size)
 	records := make([][]byte, len(events))
 	for i := range events {
@@ -108,7 +122,7 @@ func (b *backend) Publish(ctx context.Context, events []event.Event) (uint64, ui
 // admit checks the bounds, counting the publishes admitted before and not
 // yet answered, and reserves room for this one.
 func (b *backend) admit(n uint64, bytes int64) error {
-	if b.limits == (limits{}) {
+	if b.limits.maxLag == 0 && b.limits.maxBytes == 0 {
 		return nil
 	}
 	b.mu.Lock()
@@ -133,7 +147,7 @@ func (b *backend) admit(n uint64, bytes int64) error {
 
 // unreserve releases what admit reserved.
 func (b *backend) unreserve(n uint64, bytes int64) {
-	if b.limits == (limits{}) {
+	if b.limits.maxLag == 0 && b.limits.maxBytes == 0 {
 		return
 	}
 	b.mu.Lock()
@@ -149,19 +163,6 @@ func walError(err error) error {
 		return fmt.Errorf("%w: %w", event.ErrUnavailable, err)
 	}
 	return err
-}
-
-// List reads a page from the index.
-func (b *backend) List(_ context.Context, q event.ListQuery) (event.Page, error) {
-	s, err := b.index()
-	if err != nil {
-		return event.Page{}, err
-	}
-	p, err := s.List(q)
-	if errors.Is(err, dedup.ErrClosed) {
-		return p, fmt.Errorf("list: %w: %w", event.ErrUnavailable, err)
-	}
-	return p, err
 }
 
 // Stats combines the index's counters with the log's offsets. The index is
@@ -180,10 +181,11 @@ func (b *backend) Stats(context.Context) (api.Stats, error) {
 	}
 	ws := b.appender.Stats()
 	return api.Stats{
-		Received:    ws.LastOffset,
-		Unique:      ds.Unique,
-		Duplicates:  ds.Duplicates,
-		TopicCounts: ds.Topics,
+		Received:   ws.LastOffset,
+		Unique:     ds.Unique,
+		Duplicates: ds.Duplicates,
+		LastSeq:    ds.LastSeq,
+		TopicCount: ds.TopicCount,
 		WAL: api.WALStats{
 			FirstOffset: ws.FirstOffset,
 			LastOffset:  ws.LastOffset,

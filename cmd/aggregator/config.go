@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aggregator-dev/aggregator/api"
+	"github.com/aggregator-dev/aggregator/dedup"
 	"github.com/aggregator-dev/aggregator/wal"
 )
 
@@ -39,6 +40,15 @@ type Config struct {
 	MaxPayloadBytes int
 	MaxPayloadDepth int
 	MaxStatsTopics  int
+	MaxPageBytes    int // JSON bytes of the events of one page of /events or /feed
+	// MaxTopics refuses (429) a request with an event of a new topic once
+	// there are this many topics; 0 means no bound.
+	MaxTopics int
+	// MaxConsumers bounds the named cursors (/consumers).
+	MaxConsumers int
+	// ApplyWait is how long POST /publish?wait=applied waits for the
+	// consumer before it answers 202.
+	ApplyWait time.Duration
 	// MaxLag refuses publishing with 429 while the consumer is more than
 	// this many events behind the log; 0 means no bound.
 	MaxLag uint64
@@ -88,6 +98,9 @@ func defaultConfig() Config {
 		MaxPayloadBytes:    api.DefaultMaxPayloadBytes,
 		MaxPayloadDepth:    api.DefaultMaxPayloadDepth,
 		MaxStatsTopics:     api.DefaultMaxStatsTopics,
+		MaxPageBytes:       api.DefaultMaxPageBytes,
+		MaxConsumers:       dedup.DefaultMaxCursors,
+		ApplyWait:          api.DefaultApplyWait,
 		MaxInflightPublish: api.DefaultMaxInflightPublish,
 		InflightWait:       api.DefaultInflightWait,
 		MaxLag:             DefaultMaxLag,
@@ -183,7 +196,11 @@ func registerFlags(fs *flag.FlagSet, c *Config, level *string, expected *uint64,
 	fs.IntVar(&c.MaxBatchEvents, "max-batch-events", c.MaxBatchEvents, "events per request (413 above)")
 	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", c.MaxPayloadBytes, "bytes of one event's payload (422 above)")
 	fs.IntVar(&c.MaxPayloadDepth, "max-payload-depth", c.MaxPayloadDepth, "nesting depth of one event's payload (422 above)")
-	fs.IntVar(&c.MaxStatsTopics, "max-stats-topics", c.MaxStatsTopics, "topics listed by GET /stats (the rest is flagged topics_truncated)")
+	fs.IntVar(&c.MaxStatsTopics, "max-stats-topics", c.MaxStatsTopics, "topics listed by GET /stats (the rest is flagged topics_truncated; all at GET /topics)")
+	fs.IntVar(&c.MaxPageBytes, "max-page-bytes", c.MaxPageBytes, "JSON bytes of the events of one page of /events or /feed (a page holds at least one event)")
+	fs.IntVar(&c.MaxTopics, "max-topics", c.MaxTopics, "answer 429 to a request with an event of a new topic once there are this many topics (0: no bound)")
+	fs.IntVar(&c.MaxConsumers, "max-consumers", c.MaxConsumers, "named cursors at most (PUT /consumers/{name})")
+	fs.DurationVar(&c.ApplyWait, "apply-wait", c.ApplyWait, "how long POST /publish?wait=applied waits for the consumer before it answers 202")
 	fs.Uint64Var(&c.MaxLag, "max-lag", c.MaxLag, "answer 429 to publishers while the consumer is more events behind (0: no bound)")
 	fs.Int64Var(&c.MaxWALBytes, "max-wal-bytes", c.MaxWALBytes, "answer 429 to publishers while the log's segment files hold more bytes (0: no bound; else at least twice the segment size)")
 	fs.IntVar(&c.MaxInflightPublish, "max-inflight-publish", c.MaxInflightPublish, "publish requests on the write path at once (read and validated, waiting for the log)")
@@ -231,6 +248,8 @@ func (c *Config) validate() error {
 		"max body bytes": c.MaxBodyBytes, "max batch events": int64(c.MaxBatchEvents),
 		"max payload bytes": int64(c.MaxPayloadBytes), "max payload depth": int64(c.MaxPayloadDepth),
 		"max stats topics": int64(c.MaxStatsTopics), "max wal bytes": c.MaxWALBytes,
+		"max page bytes": int64(c.MaxPageBytes), "max topics": int64(c.MaxTopics),
+		"max consumers": int64(c.MaxConsumers), "apply wait": int64(c.ApplyWait),
 		"max inflight publish": int64(c.MaxInflightPublish), "inflight wait": int64(c.InflightWait),
 		"max header bytes": int64(c.MaxHeaderBytes),
 	} {

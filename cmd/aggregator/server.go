@@ -100,7 +100,8 @@ func (s *Server) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	be := newBackend(wlog, limits{maxLag: s.cfg.MaxLag, maxBytes: s.cfg.MaxWALBytes})
+	be := newBackend(wlog, limits{maxLag: s.cfg.MaxLag, maxBytes: s.cfg.MaxWALBytes,
+		maxTopics: s.cfg.MaxTopics, maxCursors: s.cfg.MaxConsumers})
 	idx := s.startIndex(wlog, early, be, reg)
 	s.onClose("close index", idx.close)
 	web, err := s.serve(s.newHandler(be, metrics), tlsConfig)
@@ -188,6 +189,8 @@ func (s *Server) newHandler(be *backend, metrics *api.Metrics) *api.Handler {
 		MaxPayloadBytes: cfg.MaxPayloadBytes,
 		MaxPayloadDepth: cfg.MaxPayloadDepth,
 		MaxStatsTopics:  cfg.MaxStatsTopics,
+		MaxPageBytes:    cfg.MaxPageBytes,
+		ApplyWait:       cfg.ApplyWait,
 
 		MaxInflightPublish: cfg.MaxInflightPublish,
 		InflightWait:       inflightWait,
@@ -206,7 +209,7 @@ type httpStage struct {
 }
 
 // serve listens and serves h in the background.
-func (s *Server) serve(h http.Handler, tlsConfig *tls.Config) (*httpStage, error) {
+func (s *Server) serve(h *api.Handler, tlsConfig *tls.Config) (*httpStage, error) {
 	cfg := s.cfg
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -227,6 +230,9 @@ func (s *Server) serve(h http.Handler, tlsConfig *tls.Config) (*httpStage, error
 		logger:  s.logger,
 		done:    make(chan struct{}),
 	}
+	// Streams and long-polls end when the shutdown starts, instead of
+	// holding it up to its timeout.
+	web.srv.RegisterOnShutdown(h.CloseStreams)
 	go func() {
 		defer close(web.done)
 		if tlsConfig != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/aggregator-dev/aggregator/dedup"
+	"github.com/aggregator-dev/aggregator/event"
 	"github.com/aggregator-dev/aggregator/internal/poll"
 	"github.com/aggregator-dev/aggregator/wal"
 	"go.uber.org/goleak"
@@ -262,7 +263,7 @@ func TestBackendMapsLogErrors(t *testing.T) {
 	if err := b.Ready(context.Background()); err == nil {
 		t.Fatal("ready before the index is attached")
 	}
-	if _, err := b.List(context.Background(), listQuery()); statusForTest(err) != http.StatusServiceUnavailable {
+	if _, err := b.List(context.Background(), listQuery(), func(*event.Stored) bool { return true }); statusForTest(err) != http.StatusServiceUnavailable {
 		t.Fatalf("list before the index: %v", err)
 	}
 	if _, err := b.Stats(context.Background()); statusForTest(err) != http.StatusServiceUnavailable {
