@@ -18,6 +18,9 @@ import (
 const (
 	chunkEvents = 512      // events per backend call
 	chunkBytes  = 64 << 10 // buffered JSON before it is written out
+	// maxPooledChunk is the largest buffer kept for reuse: a chunk holds at
+	// least one event, so it grows past chunkBytes with large payloads.
+	maxPooledChunk = 4 << 20
 )
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, 2*chunkBytes); return &b }}
@@ -44,7 +47,7 @@ func newPage(w http.ResponseWriter, budget int, prefix string) *page {
 
 // release returns the buffer to the pool.
 func (p *page) release() {
-	if cap(p.buf) <= 4*chunkBytes {
+	if cap(p.buf) <= maxPooledChunk {
 		*p.bufp = p.buf[:0]
 		chunkPool.Put(p.bufp)
 	}

@@ -34,8 +34,10 @@ func (h *Handler) streamFeed(w http.ResponseWriter, r *http.Request, q event.Fee
 	s := &sseStream{h: h, w: w, rc: rc, q: q}
 	bufp := chunkPool.Get().(*[]byte)
 	defer func() {
-		*bufp = s.buf[:0]
-		chunkPool.Put(bufp)
+		if cap(s.buf) <= maxPooledChunk {
+			*bufp = s.buf[:0]
+			chunkPool.Put(bufp)
+		}
 	}()
 	s.buf = append((*bufp)[:0], "retry: 2000\n\n"...)
 	if !s.write() {

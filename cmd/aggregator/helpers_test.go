@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -146,7 +147,57 @@ type storedEvent struct {
 	Timestamp string         `json:"timestamp"`
 	Source    string         `json:"source"`
 	Payload   map[string]any `json:"payload"`
+	Seq       uint64         `json:"seq"`
 	Offset    uint64         `json:"offset"`
+}
+
+// feedPage is the body of GET /feed.
+type feedPage struct {
+	Events    []storedEvent `json:"events"`
+	NextAfter uint64        `json:"next_after"`
+}
+
+// feed reads one page of GET /feed with the given query.
+func (c *client) feed(query string) feedPage {
+	c.tb.Helper()
+	status, body := c.do(http.MethodGet, "/feed?"+query, "", nil)
+	if status != http.StatusOK {
+		c.tb.Fatalf("feed?%s: status %d: %s", query, status, body)
+	}
+	var p feedPage
+	mustDecode(c.tb, body, &p)
+	return p
+}
+
+// feedAll reads the feed of topic ("" = all) from the start to its end and
+// checks that seqs ascend and next_after follows them.
+func (c *client) feedAll(topic string) []storedEvent {
+	c.tb.Helper()
+	var all []storedEvent
+	after := uint64(0)
+	for page := 0; ; page++ {
+		if page > 10_000 {
+			c.tb.Fatal("feed does not end")
+		}
+		q := url.Values{"limit": {"3000"}, "after": {strconv.FormatUint(after, 10)}}
+		if topic != "" {
+			q.Set("topic", topic)
+		}
+		p := c.feed(q.Encode())
+		for _, e := range p.Events {
+			if e.Seq <= after {
+				c.tb.Fatalf("feed: seq %d after %d", e.Seq, after)
+			}
+			after = e.Seq
+		}
+		if p.NextAfter != after {
+			c.tb.Fatalf("feed: next_after %d, last seq %d", p.NextAfter, after)
+		}
+		all = append(all, p.Events...)
+		if len(p.Events) == 0 {
+			return all
+		}
+	}
 }
 
 // listAll pages through GET /events for topic ("" = all).
@@ -274,6 +325,9 @@ func (ts *testServer) stop(tb testing.TB) {
 	if ts.done == nil {
 		return
 	}
+	// A connection the client dialed and never used counts as active for
+	// its first 5 s in http.Server.Shutdown: close the idle ones first.
+	ts.http.CloseIdleConnections()
 	ts.cancel()
 	select {
 	case err := <-ts.done:

@@ -35,11 +35,16 @@ func TestKillUnderLoad(t *testing.T) {
 		perRound = 2000 // acknowledged events before the kill
 	)
 	led := newLedger()
+	seqs := seqLedger{}
+	var acked uint64 // the named cursor's last acknowledged seq
 
 	for round := range rounds {
 		p := startProc(t, bin, dir)
 		c := newClient(t, p.base)
 		c.waitReady(30 * time.Second)
+		c.drain(60 * time.Second)
+		seqs.check(t, c)
+		acked = checkCursorSurvives(t, c, acked)
 
 		ctx, stop := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
@@ -77,6 +82,8 @@ func TestKillUnderLoad(t *testing.T) {
 	c := newClient(t, p.base)
 	c.waitReady(30 * time.Second)
 	st := c.drain(60 * time.Second)
+	seqs.check(t, c)
+	checkCursorSurvives(t, c, acked)
 	listed := c.listAll("kill")
 
 	count := map[string]int{}
@@ -113,6 +120,54 @@ func TestKillUnderLoad(t *testing.T) {
 	if code := p.terminate(t); code != 0 {
 		t.Fatalf("SIGTERM: exit status %d, want 0\n%s", code, p.out.String())
 	}
+}
+
+// seqLedger remembers the seq of every unique event seen in the feed.
+type seqLedger map[string]uint64
+
+// check reads the whole feed: seqs must be dense from 1 to last_seq, and an
+// event seen before must keep its seq.
+func (l seqLedger) check(tb testing.TB, c *client) {
+	tb.Helper()
+	last := c.stats().LastSeq
+	feed := c.feedAll("")
+	if uint64(len(feed)) != last {
+		tb.Fatalf("feed holds %d events, last_seq is %d", len(feed), last)
+	}
+	for i, e := range feed {
+		if e.Seq != uint64(i+1) {
+			tb.Fatalf("feed position %d has seq %d: a gap", i, e.Seq)
+		}
+		k := e.Topic + "/" + e.EventID
+		if old, ok := l[k]; ok && old != e.Seq {
+			tb.Fatalf("event %s had seq %d, now %d", k, old, e.Seq)
+		}
+		l[k] = e.Seq
+	}
+}
+
+// checkCursorSurvives checks that the named cursor "drill" kept at least
+// the acked seq across the restart, then acknowledges the last seq and
+// returns it.
+func checkCursorSurvives(tb testing.TB, c *client, acked uint64) uint64 {
+	tb.Helper()
+	status, body := c.do(http.MethodPut, "/consumers/drill", "application/json", nil)
+	if status != http.StatusCreated && status != http.StatusOK {
+		tb.Fatalf("put cursor: %d %s", status, body)
+	}
+	var cur struct {
+		Acked uint64 `json:"acked"`
+	}
+	mustDecode(tb, body, &cur)
+	if cur.Acked != acked {
+		tb.Fatalf("cursor acked %d after the restart, was acknowledged to %d", cur.Acked, acked)
+	}
+	last := c.stats().LastSeq
+	if status, body := c.do(http.MethodPost, "/consumers/drill/ack", "application/json",
+		[]byte(fmt.Sprintf(`{"seq":%d}`, last))); status != http.StatusOK {
+		tb.Fatalf("ack: %d %s", status, body)
+	}
+	return last
 }
 
 // ledger remembers what was sent and what was acknowledged.
