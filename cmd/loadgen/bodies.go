@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -27,6 +29,7 @@ type genConfig struct {
 	RunID       string  // makes event ids unique per run
 	Seed        uint64  // chooses which events are repeated
 	SameRequest bool    // duplicates may repeat an event of their own request (the reference's stress batch)
+	Stamp       bool    // put the send time in each payload ("sent_ns"), for publish-to-delivery latency
 	Timestamp   time.Time
 }
 
@@ -38,8 +41,48 @@ type key struct {
 
 // request is one pre-built publish request.
 type request struct {
-	body []byte
-	ids  []uint32 // the unique-event numbers in the body, in body order
+	body   []byte
+	ids    []uint32 // the unique-event numbers in the body, in body order
+	stamps []int    // positions in body of the sent_ns digits (with genConfig.Stamp)
+}
+
+// The send time in a payload: "sent_ns":"<stampDigits digits>", Unix
+// nanoseconds, written into the pre-built body just before it is sent.
+const (
+	stampField  = `"sent_ns":"`
+	stampDigits = 19
+)
+
+// stamp writes the time t into r's payloads.
+func (r *request) stamp(t time.Time) {
+	if len(r.stamps) == 0 {
+		return
+	}
+	var digits [stampDigits]byte
+	v := uint64(t.UnixNano())
+	for i := stampDigits - 1; i >= 0; i-- {
+		digits[i] = byte('0' + v%10)
+		v /= 10
+	}
+	for _, pos := range r.stamps {
+		copy(r.body[pos:], digits[:])
+	}
+}
+
+// sentAt parses the send time stamped in an event's JSON, if any.
+func sentAt(eventJSON []byte) (time.Time, bool) {
+	i := bytes.Index(eventJSON, []byte(stampField))
+	if i < 0 || i+len(stampField)+stampDigits > len(eventJSON) {
+		return time.Time{}, false
+	}
+	var v int64
+	for _, c := range eventJSON[i+len(stampField) : i+len(stampField)+stampDigits] {
+		if c < '0' || c > '9' {
+			return time.Time{}, false
+		}
+		v = v*10 + int64(c-'0')
+	}
+	return time.Unix(0, v), v > 0
 }
 
 // plan is every request of a run, built before the clock starts.
@@ -165,18 +208,30 @@ func buildPlan(cfg genConfig) (*plan, error) {
 			}
 		}
 		pool = int(next)
-		buf = p.appendBody(buf[:0], cfg, ts, ids)
-		p.requests[r] = request{body: append([]byte(nil), buf...), ids: ids}
+		var stamps []int
+		buf, stamps = p.appendBody(buf[:0], cfg, ts, ids)
+		p.requests[r] = request{body: append([]byte(nil), buf...), ids: ids, stamps: stamps}
 	}
 	p.unique = int(next)
 	return p, nil
 }
 
-func (p *plan) appendBody(dst []byte, cfg genConfig, ts time.Time, ids []uint32) []byte {
+// appendBody appends the body of a request of events ids and returns the
+// positions of its stamps (with cfg.Stamp).
+func (p *plan) appendBody(dst []byte, cfg genConfig, ts time.Time, ids []uint32) ([]byte, []int) {
+	var stamps []int
+	event := func(dst []byte, id uint32) []byte {
+		var at int
+		dst, at = p.appendEvent(dst, cfg.PayloadSize, cfg.Stamp, ts, id)
+		if at >= 0 {
+			stamps = append(stamps, at)
+		}
+		return dst
+	}
 	switch cfg.Format {
 	case formatObject:
 		for _, id := range ids {
-			dst = p.appendEvent(dst, cfg.PayloadSize, ts, id)
+			dst = event(dst, id)
 		}
 	case formatArray:
 		dst = append(dst, '[')
@@ -184,21 +239,22 @@ func (p *plan) appendBody(dst []byte, cfg genConfig, ts time.Time, ids []uint32)
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = p.appendEvent(dst, cfg.PayloadSize, ts, id)
+			dst = event(dst, id)
 		}
 		dst = append(dst, ']')
 	case formatNDJSON:
 		for _, id := range ids {
-			dst = p.appendEvent(dst, cfg.PayloadSize, ts, id)
+			dst = event(dst, id)
 			dst = append(dst, '\n')
 		}
 	}
-	return dst
+	return dst, stamps
 }
 
-// appendEvent appends the JSON of unique event id. A duplicate is
-// byte-for-byte the same event as its original.
-func (p *plan) appendEvent(dst []byte, payloadSize int, ts time.Time, id uint32) []byte {
+// appendEvent appends the JSON of unique event id, and returns the position
+// of its stamp's digits (-1 without stamp). A duplicate is byte-for-byte the
+// same event as its original (but for the stamp).
+func (p *plan) appendEvent(dst []byte, payloadSize int, stamp bool, ts time.Time, id uint32) ([]byte, int) {
 	k := p.key(id)
 	dst = append(dst, `{"topic":"`...)
 	dst = append(dst, k.Topic...)
@@ -207,8 +263,20 @@ func (p *plan) appendEvent(dst []byte, payloadSize int, ts time.Time, id uint32)
 	dst = append(dst, `","timestamp":"`...)
 	dst = ts.Add(time.Duration(id)*time.Millisecond).AppendFormat(dst, time.RFC3339Nano)
 	dst = append(dst, `","source":"loadgen","payload":`...)
-	dst = appendPayload(dst, payloadSize, id)
-	return append(dst, '}')
+	if !stamp {
+		return append(appendPayload(dst, payloadSize, id), '}'), -1
+	}
+	// {"sent_ns":"<digits>", then the rest of the payload without its '{'.
+	dst = append(dst, '{')
+	dst = append(dst, stampField...)
+	at := len(dst)
+	dst = append(dst, strings.Repeat("0", stampDigits)...)
+	dst = append(dst, `",`...)
+	start := len(dst)
+	dst = appendPayload(dst, payloadSize-(len(stampField)+stampDigits+2), id)
+	copy(dst[start:], dst[start+1:])
+	dst = dst[:len(dst)-1]
+	return append(dst, '}'), at
 }
 
 const padAlphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"

@@ -58,13 +58,15 @@ type drillRun struct {
 	ackFile  *os.File
 	acks     *ackLog
 	rng      *rand.Rand
-	expected int // unique events published over all cases so far; -1 once a case failed midway
+	expected int            // unique events published over all cases so far; -1 once a case failed midway
+	follow   *drillFollower // follows the feed through every case
 }
 
 // drill runs the crash drill: Cycles of publish + kill -9 at a random moment
 // + restart + catch-up + verify, then two torn tails (a cut record; garbage
-// and a cut record), then SIGTERM, then one more kill -9 cycle. An error is
-// returned only when the drill could not be set up.
+// and a cut record), then SIGTERM, then one more kill -9 cycle, while a
+// follower reads the feed throughout; its check is the last case. An error
+// is returned only when the drill could not be set up.
 func drill(ctx context.Context, cfg drillConfig) (res drillResult, err error) {
 	cfg.setDefaults()
 	cfg.Gen.RunID = "probe"
@@ -165,6 +167,7 @@ func (d *drillRun) cases() []drillCase {
 	cases = append(cases, drillCase{"kill -9 after clean restart", func(ctx context.Context) (string, error) {
 		return d.crashCase(ctx, "after-sigterm", events, nil)
 	}})
+	cases = append(cases, drillCase{"follower", d.followerCase})
 	return cases
 }
 
@@ -211,12 +214,16 @@ func (d *drillRun) setup(ctx context.Context) error {
 	if _, err := d.start(ctx); err != nil {
 		return fmt.Errorf("first start: %w", err)
 	}
+	d.startFollower(ctx)
 	return nil
 }
 
 // shutdown stops the server with SIGTERM if it runs and releases what the
 // drill holds: its connections, the acklog (flushed) and the server log.
 func (d *drillRun) shutdown() {
+	if d.follow != nil {
+		_ = d.follow.stop()
+	}
 	if d.srv != nil && !d.srv.hasExited() {
 		if code, err := d.srv.terminate(d.cfg.Timeout); err != nil || code != 0 {
 			fmt.Fprintf(d.cfg.Out, "drill: final SIGTERM: exit code %d, %v\n", code, err)

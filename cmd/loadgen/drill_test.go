@@ -64,13 +64,13 @@ func runDrillTest(t *testing.T, bin string, cycles, events int, format string) {
 	if err != nil {
 		t.Fatalf("drill: %v", err)
 	}
-	if res.Failed != 0 || res.Passed != cycles+4 {
+	if res.Failed != 0 || res.Passed != cycles+5 {
 		log, _ := os.ReadFile(filepath.Join(res.WorkDir, "server.log"))
-		t.Fatalf("%d passed, %d failed (want %d passed); server log tail:\n%s", res.Passed, res.Failed, cycles+4,
+		t.Fatalf("%d passed, %d failed (want %d passed); server log tail:\n%s", res.Passed, res.Failed, cycles+5,
 			tail(string(log), 3000))
 	}
-	if got := strings.Count(out.all.String(), ": ok: "); got != cycles+4 {
-		t.Fatalf("%d ok lines, want %d", got, cycles+4)
+	if got := strings.Count(out.all.String(), ": ok: "); got != cycles+5 {
+		t.Fatalf("%d ok lines, want %d", got, cycles+5)
 	}
 }
 

@@ -4,6 +4,7 @@
 //	loadgen verify  [flags]   check that every acknowledged event is listed once
 //	loadgen drill   [flags]   kill -9 / restart / verify cycles on the real binary
 //	loadgen startup [flags]   time to ready and to lag 0, and RSS, on an existing data dir
+//	loadgen consume [flags]   follow the feed: events/s delivered, publish-to-delivery latency
 //
 // It only talks to 127.0.0.1. Exit status: 0 on success, 1 when a check
 // failed (a request not acknowledged, an acknowledged event missing, an event
@@ -52,6 +53,7 @@ commands:
   verify    check an acklog against GET /events and GET /stats
   drill     crash drill: kill -9, restart and verify the real binary
   startup   start the binary on an existing data dir: time to ready and to lag 0, RSS
+  consume   follow GET /feed (long-poll, SSE or a named cursor): events/s and publish-to-delivery latency
 
 run "loadgen <command> -h" for the flags of a command.
 `
@@ -77,6 +79,8 @@ func (lg *loadgen) Run(ctx context.Context, args []string) error {
 		return (&drillCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
 	case "startup":
 		return (&startupCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
+	case "consume":
+		return (&consumeCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(lg.stdout, usage)
 		return nil
@@ -170,6 +174,7 @@ func genFlags(fs *flag.FlagSet, g *genConfig, events, batch int, format *string)
 	fs.Float64Var(&g.DupFraction, "dup", 0.2, "fraction of events that repeat an event of an earlier request, in [0,1)")
 	fs.IntVar(&g.Topics, "topics", 4, "number of topics")
 	fs.BoolVar(&g.SameRequest, "dup-same-request", false, "let duplicates repeat an event of their own request (one-request stress batches)")
+	fs.BoolVar(&g.Stamp, "stamp", false, "put the send time into each payload (sent_ns), for loadgen consume's publish-to-delivery latency")
 	fs.Uint64Var(&g.Seed, "seed", uint64(time.Now().UnixNano()), "random seed (which events repeat, drill kill moments)")
 }
 

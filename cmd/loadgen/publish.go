@@ -187,6 +187,7 @@ func (pb *publisher) result(elapsed time.Duration, tallies []workerTally, acked 
 // the request was acknowledged: status 200 with every event enqueued.
 func (pb *publisher) send(ctx context.Context, p poster, r *request) (int, time.Duration, error) {
 	start := time.Now()
+	r.stamp(start)
 	status, body, err := p.post(ctx, r.body)
 	lat := time.Since(start)
 	if err != nil {

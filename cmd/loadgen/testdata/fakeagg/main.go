@@ -24,12 +24,14 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 )
 
 type ev struct {
 	Topic   string          `json:"topic"`
 	EventID string          `json:"event_id"`
 	Payload json.RawMessage `json:"payload,omitempty"`
+	Seq     uint64          `json:"seq"`
 	Offset  uint64          `json:"offset"`
 }
 
@@ -52,6 +54,7 @@ func (s *state) apply(e ev) {
 	s.seen[k] = true
 	e.Offset = s.received
 	e.Payload = nil
+	e.Seq = uint64(len(s.events)) + 1
 	s.events = append(s.events, e)
 }
 
@@ -173,6 +176,28 @@ func main() {
 		}
 		_ = json.NewEncoder(w).Encode(page)
 	})
+	mux.HandleFunc("GET /feed", func(w http.ResponseWriter, r *http.Request) {
+		after, _ := strconv.Atoi(r.URL.Query().Get("after"))
+		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+		wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
+		deadline := time.Now().Add(wait)
+		for {
+			s.mu.Lock()
+			if after < len(s.events) || !time.Now().Before(deadline) {
+				end := min(after+max(limit, 1), len(s.events))
+				page := s.events[min(after, end):end]
+				next := after
+				if len(page) > 0 {
+					next = int(page[len(page)-1].Seq)
+				}
+				_ = json.NewEncoder(w).Encode(map[string]any{"events": page, "next_after": next})
+				s.mu.Unlock()
+				return
+			}
+			s.mu.Unlock()
+			time.Sleep(5 * time.Millisecond) // a fake: polls instead of being woken
+		}
+	})
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -187,7 +212,8 @@ func main() {
 		slices.Sort(topics)
 		_ = json.NewEncoder(w).Encode(map[string]any{
 			"received": s.received, "unique_processed": len(s.events), "duplicate_dropped": s.dups,
-			"topics": topics, "topic_counts": counts,
+			"last_seq": len(s.events),
+			"topics":   topics, "topic_counts": counts,
 			"wal": map[string]any{"first_offset": 1, "last_offset": s.received, "checkpoint": s.received, "lag": 0},
 		})
 	})
