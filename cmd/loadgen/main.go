@@ -3,6 +3,7 @@
 //	loadgen publish [flags]   publish generated events to a running service
 //	loadgen verify  [flags]   check that every acknowledged event is listed once
 //	loadgen drill   [flags]   kill -9 / restart / verify cycles on the real binary
+//	loadgen powerloss [flags] the same with the data on powerfs, its power cut at each kill (root, FUSE)
 //	loadgen startup [flags]   time to ready and to lag 0, and RSS, on an existing data dir
 //
 // It only talks to 127.0.0.1. Exit status: 0 on success, 1 when a check
@@ -48,6 +49,7 @@ commands:
   publish   publish generated events to a running aggregator
   verify    check an acklog against GET /events and GET /stats
   drill     crash drill: kill -9, restart and verify the real binary
+  powerloss power-loss drill: the crash drill on powerfs (FUSE, root), the power cut at each kill
   startup   start the binary on an existing data dir: time to ready and to lag 0, RSS
 
 run "loadgen <command> -h" for the flags of a command.
@@ -66,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runVerify(ctx, args[1:], stdout, stderr)
 	case "drill":
 		return runDrill(ctx, args[1:], stdout, stderr)
+	case "powerloss":
+		return runPowerLoss(ctx, args[1:], stdout, stderr)
 	case "startup":
 		return runStartup(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":

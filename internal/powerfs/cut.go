@@ -55,17 +55,49 @@ type CutReport struct {
 	Changes      int   // their unsynced entry changes
 	ChangesKept  int   // of those, kept
 	Copies       int   // files left under a second name, as a copy
-	Vanished     []string
-	Revived      []string
+	// What was dropped where ("path: 3 of 5 dropped"), paths as they were
+	// before the cut; at most maxListed entries each.
+	FilesHit []string
+	DirsHit  []string
+	Vanished []string // paths gone after the cut
+	Revived  []string // paths back after the cut (undone removals and renames)
 }
 
-// maxListed bounds the paths listed in Vanished and Revived.
+// maxListed bounds the paths listed in a CutReport.
 const maxListed = 20
+
+// appendListed appends s to list unless it holds maxListed entries already
+// (then "..." once).
+func appendListed(list []string, s string) []string {
+	switch {
+	case len(list) < maxListed:
+		return append(list, s)
+	case len(list) == maxListed:
+		return append(list, "...")
+	}
+	return list
+}
+
+// name is the path of ino relative to the root, as it is now.
+func (p *FS) name(ino *inode) string {
+	switch {
+	case ino == p.root:
+		return "."
+	case ino.parent == nil:
+		return fmt.Sprintf("(removed #%d)", ino.id)
+	case ino.parent == p.root:
+		return ino.name
+	}
+	return p.name(ino.parent) + "/" + ino.name
+}
 
 func (r CutReport) String() string {
 	s := fmt.Sprintf("power cut (%s): kept %d of %d unsynced writes and truncates in %d files (%d torn, %d bytes dropped), "+
 		"%d of %d entry changes in %d directories", r.Mode, r.DataOpsKept, r.DataOps, r.Files, r.TornWrites,
 		r.BytesDropped, r.ChangesKept, r.Changes, r.Dirs)
+	if len(r.FilesHit)+len(r.DirsHit) > 0 {
+		s += "; dropped: " + strings.Join(append(slices.Clone(r.FilesHit), r.DirsHit...), ", ")
+	}
 	if len(r.Vanished) > 0 {
 		s += "; vanished: " + strings.Join(r.Vanished, " ")
 	}
@@ -134,6 +166,11 @@ func (p *FS) revertData(ino *inode, rng *rand.Rand, rep *CutReport) error {
 	rep.Files++
 	rep.DataOps += len(ops)
 	rep.DataOpsKept += keep
+	what := fmt.Sprintf("%s: %d of %d", p.name(ino), len(ops)-keep, len(ops))
+	if tear > 0 {
+		what += fmt.Sprintf(" (write %d torn after %d of %d bytes)", keep+1, tear, ops[keep].n)
+	}
+	rep.FilesHit = appendListed(rep.FilesHit, what)
 	f, err := os.OpenFile(p.location(ino), os.O_RDWR, 0)
 	if err != nil {
 		return err
@@ -181,6 +218,7 @@ func (p *FS) entriesAfterCut(rng *rand.Rand, rep *CutReport) map[*inode]map[stri
 			rep.Dirs++
 			rep.Changes += len(d.changes)
 			rep.ChangesKept += keep
+			rep.DirsHit = appendListed(rep.DirsHit, fmt.Sprintf("%s/: %d of %d entry changes", p.name(d), len(d.changes)-keep, len(d.changes)))
 		}
 		for _, c := range d.changes[:keep] {
 			c.apply(e)
@@ -316,10 +354,7 @@ func missingFrom(a, b map[string]bool) []string {
 	var out []string
 	for _, path := range slices.Sorted(maps.Keys(a)) {
 		if !b[path] {
-			if len(out) == maxListed {
-				return append(out, "...")
-			}
-			out = append(out, path)
+			out = appendListed(out, path)
 		}
 	}
 	return out
