@@ -57,6 +57,7 @@ type powerMount struct {
 	fs           *powerfs.FS
 	rng          *rand.Rand
 	stats        map[powerfs.Mode]*cutStats
+	last         string // report of the last cut, for a failure message
 }
 
 func (pm *powerMount) mount() error {
@@ -80,6 +81,7 @@ func (pm *powerMount) cut(mode powerfs.Mode) func() (string, error) {
 		if err != nil {
 			return "", err
 		}
+		pm.last = rep.String()
 		if err := pm.fs.Unmount(); err != nil {
 			return "", err
 		}
@@ -189,10 +191,14 @@ func runPowerCycles(ctx context.Context, cfg powerConfig, d *drillRun, pm *power
 	for _, mode := range cfg.Modes {
 		for k := 1; k <= cfg.Cycles && ctx.Err() == nil; k++ {
 			name := fmt.Sprintf("%s cycle %d/%d", mode, k, cfg.Cycles)
+			pm.last = ""
 			detail, err := d.crashCase(ctx, fmt.Sprintf("%s%d", mode, k), cfg.Gen.Events, pm.cut(mode))
 			if err != nil {
 				res.Failed++
 				fmt.Fprintf(cfg.Out, "%s: FAIL: %v\n", name, err)
+				if pm.last != "" && !strings.Contains(err.Error(), pm.last) {
+					fmt.Fprintf(cfg.Out, "  after %s\n", pm.last)
+				}
 				continue
 			}
 			res.Passed++
