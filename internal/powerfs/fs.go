@@ -123,7 +123,7 @@ func (p *FS) Unmount() error {
 	p.unmounted = true
 	wasCut := p.cut
 	p.mu.Unlock()
-	if err := p.server.Unmount(); err != nil {
+	if err := p.unmountServer(); err != nil {
 		// Busy (a file still open, a process inside): detach it lazily,
 		// so that no mount is left behind; the server stops once the last
 		// file on it is closed.
@@ -138,6 +138,22 @@ func (p *FS) Unmount() error {
 		}
 	}
 	return nil
+}
+
+// unmountBusyWait bounds how long Unmount waits for a busy mount: the files
+// of a process that just exited may be released a moment later.
+const unmountBusyWait = 10 * time.Second
+
+// unmountServer unmounts, retrying while the mount is busy.
+func (p *FS) unmountServer() error {
+	deadline := time.Now().Add(unmountBusyWait)
+	for {
+		err := p.server.Unmount() // retries a few times itself
+		if err == nil || !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Unsynced counts what a cut would drop now.

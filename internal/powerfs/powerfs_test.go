@@ -95,8 +95,25 @@ func TestWriteWithFsyncIsKept(t *testing.T) {
 	m := mountFS(t)
 	path := durableFile(t, m, "f", "durable")
 	appendTo(t, path, " synced", true)
+	// fdatasync, as bbolt calls it, makes the data and the size durable too.
+	data := durableFile(t, m, "g", "durable")
+	f, err := os.OpenFile(data, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(" datasynced"); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	m.cut(DropAll, 1)
 	want(t, path, "durable synced")
+	want(t, data, "durable datasynced")
 	if u := m.fs.Unsynced(); u != (Unsynced{}) {
 		t.Errorf("unsynced after remount: %+v", u)
 	}
