@@ -9,8 +9,9 @@ BENCHTIME ?= 1s
 # staticcheck: the installed one, else fetched and run by the go tool.
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo "$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2")
 DRILL_ARGS ?=
+POWERLOSS_ARGS ?=
 
-.PHONY: all build run test test-short bench lint drill clean
+.PHONY: all build run test test-short bench lint drill powerloss clean
 
 all: build
 
@@ -52,6 +53,10 @@ lint:
 ## drill: the crash drill of cmd/loadgen (kill -9 under load, restart, verify)
 drill:
 	$(GO) run ./cmd/loadgen drill $(DRILL_ARGS)
+
+## powerloss: the power-loss drill: 30 kill -9 + power-cut cycles per mode (drop-all, torn) on powerfs (root, /dev/fuse)
+powerloss:
+	$(GO) run ./cmd/loadgen powerloss -cycles 30 $(POWERLOSS_ARGS)
 
 clean:
 	rm -rf $(BIN_DIR)

@@ -83,12 +83,11 @@ func (l *Log) Wait(ctx context.Context, after uint64) error {
 // TruncateFront removes the segment files that hold only records below
 // offset (typically the consumer's checkpoint + 1). The tail segment is never
 // removed, and records are only ever freed by whole segments, so it is cheap
-// when nothing is to be freed; it does not block appends. Removals are
+// when nothing is to be freed; it does not block appends. Each removal is
 // followed by a directory fsync.
 func (l *Log) TruncateFront(offset uint64) error {
 	l.truncMu.Lock()
 	defer l.truncMu.Unlock()
-	removed := 0
 	for {
 		l.mu.Lock()
 		if l.closed {
@@ -103,17 +102,16 @@ func (l *Log) TruncateFront(offset uint64) error {
 		l.segs = append(l.segs[:0:0], l.segs[1:]...)
 		l.first = l.segs[0].index
 		l.mu.Unlock()
-		// Oldest first: a crash part way leaves a contiguous log.
+		// Oldest first, each removal made durable before the next: a crash
+		// part way leaves a contiguous log, also on a file system that
+		// would persist removals in one directory out of order.
 		if err := os.Remove(victim.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("truncate front: remove segment: %w", err)
 		}
-		removed++
-		l.removed.Add(1)
-	}
-	if removed > 0 {
 		if err := SyncDir(l.dir); err != nil {
 			return fmt.Errorf("truncate front: %w", err)
 		}
+		l.removed.Add(1)
 	}
 	return nil
 }

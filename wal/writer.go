@@ -289,7 +289,7 @@ func (l *Log) sync(j *job) {
 	start := time.Now()
 	err := l.fault(faultSync)
 	if err == nil {
-		err = j.file.Sync()
+		err = syncTail(j.file)
 	}
 	if err != nil {
 		err = fmt.Errorf("sync: %w", err)

@@ -32,6 +32,7 @@ type drillConfig struct {
 	Cycles      int           // kill -9 cycles (default 5)
 	Gen         genConfig     // events of each cycle (RunID is set per cycle)
 	Concurrency int           // concurrent publishers
+	ServerArgs  []string      // extra flags of every server start
 	Timeout     time.Duration // bound of every wait: ready, lag 0, one publish round (default 60s)
 	Keep        bool          // keep the work directory even when every case passed
 	Out         io.Writer     // one line per case
@@ -245,7 +246,7 @@ func (d *drillRun) shutdown() {
 func (d *drillRun) start(ctx context.Context) (time.Duration, error) {
 	fmt.Fprintf(d.logFile, "=== drill: start %s\n", time.Now().UTC().Format(time.RFC3339Nano))
 	d.client.CloseIdleConnections() // connections to a killed server are dead
-	srv, err := startServer(d.bin, d.addr, d.dataDir, d.logFile)
+	srv, err := startServer(d.bin, d.addr, d.dataDir, d.logFile, d.cfg.ServerArgs...)
 	if err != nil {
 		return 0, err
 	}

@@ -103,7 +103,8 @@ func (d *drillRun) followerCase(ctx context.Context) (string, error) {
 					extra = append(extra, fmt.Sprintf("seq %d %s/%s offset %d", e.Seq, e.Topic, e.EventID, e.Offset))
 				}
 			}
-			return "", fmt.Errorf("acknowledged event %v never delivered to the follower; delivered but never acknowledged: %v", k, extra)
+			return "", fmt.Errorf("acknowledged event %v never delivered to the follower (%d delivered, %d acknowledged, last seq %d); "+
+				"delivered but never acknowledged: %v; %s", k, len(fed), len(acked), st.LastSeq, extra, d.compareFeed(ctx, fed))
 		}
 	}
 	return fmt.Sprintf("%d events delivered once each in seq order, every one of the %d acknowledged among them; "+
@@ -118,4 +119,29 @@ func (df *drillFollower) delivered() uint64 {
 		return 0
 	}
 	return df.fed[len(df.fed)-1].Seq
+}
+
+// compareFeed reads the feed again and describes the first seq where it
+// differs from what the follower was delivered.
+func (d *drillRun) compareFeed(ctx context.Context, fed []fedEvent) string {
+	var now []fedEvent
+	f := &follower{client: d.client, base: d.base, mode: followPoll, deliver: func(e *fedEvent, _ time.Time) {
+		now = append(now, *e)
+	}}
+	for range 1000 {
+		before := len(now)
+		if err := f.page(ctx); err != nil {
+			return "feed now: " + err.Error()
+		}
+		if len(now) == before {
+			break
+		}
+	}
+	for i := range min(len(now), len(fed)) {
+		if now[i].Topic != fed[i].Topic || now[i].EventID != fed[i].EventID || now[i].Offset != fed[i].Offset {
+			return fmt.Sprintf("seq %d was %s/%s offset %d when delivered, is %s/%s offset %d now (feed now holds %d)",
+				fed[i].Seq, fed[i].Topic, fed[i].EventID, fed[i].Offset, now[i].Topic, now[i].EventID, now[i].Offset, len(now))
+		}
+	}
+	return fmt.Sprintf("the feed now holds %d events, the same as delivered for the first %d", len(now), min(len(now), len(fed)))
 }

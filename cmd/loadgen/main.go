@@ -3,6 +3,7 @@
 //	loadgen publish [flags]   publish generated events to a running service
 //	loadgen verify  [flags]   check that every acknowledged event is listed once
 //	loadgen drill   [flags]   kill -9 / restart / verify cycles on the real binary
+//	loadgen powerloss [flags] the same with the data on powerfs, its power cut at each kill (root, FUSE)
 //	loadgen startup [flags]   time to ready and to lag 0, and RSS, on an existing data dir
 //	loadgen consume [flags]   follow the feed: events/s delivered, publish-to-delivery latency
 //
@@ -52,6 +53,7 @@ commands:
   publish   publish generated events to a running aggregator
   verify    check an acklog against GET /events and GET /stats
   drill     crash drill: kill -9, restart and verify the real binary
+  powerloss power-loss drill: the crash drill on powerfs (FUSE, root), the power cut at each kill
   startup   start the binary on an existing data dir: time to ready and to lag 0, RSS
   consume   follow GET /feed (long-poll, SSE or a named cursor): events/s and publish-to-delivery latency
 
@@ -77,6 +79,8 @@ func (lg *loadgen) Run(ctx context.Context, args []string) error {
 		return (&verifyCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
 	case "drill":
 		return (&drillCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
+	case "powerloss":
+		return (&powerlossCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
 	case "startup":
 		return (&startupCommand{stdout: lg.stdout, stderr: lg.stderr}).Run(ctx, args)
 	case "consume":

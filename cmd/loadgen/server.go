@@ -19,9 +19,10 @@ type serverProc struct {
 	waitErr error         // Wait's result, valid once exited is closed
 }
 
-// startServer starts bin on addr with dataDir; its output goes to logw.
-func startServer(bin, addr, dataDir string, logw io.Writer) (*serverProc, error) {
-	cmd := exec.Command(bin, "--addr", addr, "--data-dir", dataDir)
+// startServer starts bin on addr with dataDir and the extra flags; its
+// output goes to logw.
+func startServer(bin, addr, dataDir string, logw io.Writer, extra ...string) (*serverProc, error) {
+	cmd := exec.Command(bin, append([]string{"--addr", addr, "--data-dir", dataDir}, extra...)...)
 	cmd.Stdout = logw
 	cmd.Stderr = logw
 	cmd.Env = append(cmd.Environ(), "AGG_ADDR="+addr, "AGG_DATA_DIR="+dataDir)
