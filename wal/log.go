@@ -123,11 +123,13 @@ type Options struct {
 	// each fault step, and a non-nil result makes that step fail with it;
 	// onCommit is called by the writer after each group commit, before its
 	// callers are answered; refreshAfter overrides defaultRefreshAfter;
-	// noInlineSync makes the writer hand every commit to the syncer.
+	// noInlineSync makes the writer hand every commit to the syncer; now
+	// is the clock of the log throttle (default time.Now).
 	injectFault  func(fault) error
 	onCommit     func(records, bytes int, fsync time.Duration)
 	refreshAfter int64
 	noInlineSync bool
+	now          func() time.Time
 }
 
 func (o *Options) withDefaults() Options {
@@ -159,6 +161,9 @@ func (o *Options) withDefaults() Options {
 	if r.refreshAfter <= 0 {
 		r.refreshAfter = defaultRefreshAfter
 	}
+	if r.now == nil {
+		r.now = time.Now
+	}
 	return r
 }
 
@@ -181,12 +186,12 @@ type Log struct {
 
 	// Owned by the writer goroutine (and by Open before it starts and Close
 	// after it ended).
-	app       appender
-	written   uint64 // last offset handed to tidwall/wal
-	frame     []byte
-	inflight  *job // written, being fsynced by the syncer
-	ready     *job // written while inflight was being fsynced
-	lastBatch int  // bytes of the last failed commit as framed, sizes the recovery probe
+	app      appender
+	written  uint64 // last offset handed to tidwall/wal
+	frame    []byte
+	inflight *job // written, being fsynced by the syncer
+	ready    *job // written while inflight was being fsynced
+	flog     failureLog
 
 	// The syncer goroutine fsyncs what the writer wrote.
 	syncReq    chan *job
@@ -255,6 +260,7 @@ func Open(dir string, opts *Options) (*Log, error) {
 		logger: o.Logger,
 		lock:   lock,
 		app:    appender{dir: dir, segmentSize: o.SegmentSize, refreshAfter: o.refreshAfter},
+		flog:   failureLog{logger: o.Logger, now: o.now},
 		kick:   make(chan struct{}, 1),
 		quit:   make(chan struct{}),
 		done:   make(chan struct{}),

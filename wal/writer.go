@@ -151,7 +151,7 @@ func (l *Log) writeJob(batch []*request) *job {
 	if l.inflight == nil && l.app.needsRefresh(l.removed.Load()) {
 		if err := l.reopenTidwall(); err != nil {
 			err = unavailable(fmt.Errorf("reopen: %w", err))
-			l.logger.Error("wal: reopening tidwall/wal failed", logKeyErr, err)
+			l.flog.reopenFailed(err)
 			l.state.Store(&err)
 			l.answer(batch, err)
 			return nil
@@ -189,7 +189,7 @@ func (l *Log) dropCancelled(batch []*request) []*request {
 // and stages them in the appender.
 func (l *Log) frameBatch(j *job) {
 	l.app.begin(j.first)
-	next, framed := j.first, 0
+	next := j.first
 	for _, r := range j.batch {
 		r.first = next
 		for _, rec := range r.recs {
@@ -198,7 +198,7 @@ func (l *Log) frameBatch(j *job) {
 				flags = flagBatchStart
 			}
 			l.frame = appendFrame(l.frame[:0], next, flags, rec)
-			framed += l.app.add(l.frame)
+			l.app.add(l.frame)
 			next++
 			j.bytes += len(rec)
 		}
@@ -206,7 +206,6 @@ func (l *Log) frameBatch(j *job) {
 		r.last = next - 1
 	}
 	j.last = next - 1
-	l.lastBatch = framed
 }
 
 // reopenTidwall closes and reopens tidwall/wal on the durable log, to drop
@@ -331,7 +330,7 @@ func (l *Log) publish(j *job) {
 // already tells whether that worked when they hear of the failure.
 func (l *Log) fail(cause error, jobs ...*job) {
 	err := unavailable(cause)
-	l.logger.Error("wal: group commit failed, nothing of it acknowledged", logKeyErr, cause)
+	l.flog.commitFailed(cause)
 	l.state.Store(&err)
 	l.tryRecover()
 	for _, j := range jobs {
@@ -348,11 +347,11 @@ func (l *Log) tryRecover() bool {
 	if err != nil {
 		err = unavailable(fmt.Errorf("recover: %w", err))
 		l.state.Store(&err)
-		l.logger.Warn("wal: log unavailable, recovery failed", logKeyErr, err)
+		l.flog.recoveryFailed(err)
 		return false
 	}
 	if l.state.Swap(nil) != nil {
-		l.logger.Info("wal: log recovered, accepting appends")
+		l.flog.recovered()
 	}
 	return true
 }
@@ -396,16 +395,27 @@ func (l *Log) rollBack() error {
 	return nil
 }
 
-// probe writes, fsyncs and removes a file as large as the failed commit
-// (4 KiB to 16 MiB), to tell whether the disk takes data again.
+// probeBytes is the size of the recovery's test write: one page.
+//
+// The probe tells whether the disk takes data at all again; it does not
+// promise that the next commit fits. A commit larger than the space left
+// then fails like the one before it and is refused (503) and cut back in
+// the same way, so a small probe costs nothing in safety. It spares the
+// disk: recovery is retried by every refused append, and a probe as large
+// as the failed commit (up to MaxBatchBytes) wrote up to 16 MiB per refused
+// request on a nearly full disk. It also lets requests that still fit be
+// acknowledged while a larger one is refused.
+const probeBytes = 4 << 10
+
+// probe writes, fsyncs and removes a file of probeBytes, to tell whether
+// the disk takes data again.
 func (l *Log) probe() error {
-	n := min(max(l.lastBatch, 4<<10), 16<<20)
 	path := filepath.Join(l.dir, ".probe")
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("probe: %w", err)
 	}
-	_, err = f.Write(make([]byte, n))
+	_, err = f.Write(make([]byte, probeBytes))
 	if err == nil {
 		err = f.Sync()
 	}
