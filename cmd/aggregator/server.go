@@ -168,6 +168,11 @@ func (s *Server) openLog(reg prometheus.Registerer) (*wal.Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sync data dir: %w", err)
 	}
+	// rm -rf of the data directory or a restore over it while running:
+	// the log refuses appends rather than acknowledge into deleted files.
+	if err := wlog.Watch(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	ws := wlog.Stats()
 	s.logger.Info("log open", "dir", dir, "first_offset", ws.FirstOffset, "last_offset", ws.LastOffset, "segments", ws.Segments)
 	return wlog, nil
@@ -360,6 +365,11 @@ func (s *Server) openIndex(wlog *wal.Log, reg prometheus.Registerer) (*dedup.Sto
 	if err := wal.SyncDir(s.cfg.DataDir); err != nil {
 		_ = st.Close()
 		return nil, fmt.Errorf("sync data dir: %w", err)
+	}
+	// The log frees what the index holds: not once index.db is deleted.
+	if err := wlog.Watch(path); err != nil {
+		_ = st.Close()
+		return nil, err
 	}
 	s.logger.Info("index open", "path", path, "took", time.Since(start).Round(time.Millisecond))
 	return st, nil
