@@ -219,7 +219,7 @@ func (s *Server) serve(h http.Handler, tlsConfig *tls.Config) (*httpStage, error
 	}
 	web := &httpStage{
 		srv: &http.Server{
-			Handler:           h,
+			Handler:           replyDeadline(h, cfg.WriteTimeout),
 			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 			ReadTimeout:       cfg.ReadTimeout,
 			WriteTimeout:      cfg.WriteTimeout,
