@@ -62,8 +62,8 @@ func (s *Server) Addr() net.Addr {
 	}
 }
 
-// Run opens the log, starts serving (publishing works from then on), opens the
-// index and starts the consumer, and serves until ctx ends. Then it stops
+// Run opens the log, checks the index file, starts serving (publishing works
+// from then on), opens the index and starts the consumer, and serves until ctx ends. Then it stops
 // accepting, lets in-flight requests finish, stops the consumer and closes the
 // index and the log. It returns nil after a clean shutdown.
 func (s *Server) Run(ctx context.Context) (err error) {
@@ -89,6 +89,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	wlog, err := s.openLog(reg)
 	if err != nil {
+		return err
+	}
+	if err := s.checkIndexFile(); err != nil {
 		return err
 	}
 	// After a --wal-repair the log may have lost records the index has
@@ -344,7 +347,7 @@ func (s *Server) wait(ctx context.Context, web *httpStage, idx *indexStage, wlog
 func (s *Server) openIndex(wlog *wal.Log, reg prometheus.Registerer) (*dedup.Store, error) {
 	path := filepath.Join(s.cfg.DataDir, "index.db")
 	start := time.Now()
-	st, err := dedup.Open(path, &dedup.Options{
+	st, err := openStore(path, &dedup.Options{
 		ExpectedKeys:      s.cfg.BloomExpectedKeys,
 		FalsePositiveRate: s.cfg.BloomFPRate,
 		LockTimeout:       s.cfg.LockTimeout,
