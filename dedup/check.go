@@ -86,8 +86,9 @@ var nativeEndian = binary.NativeEndian
 // elements within their page, bucket values, no page reached twice or
 // listed as free). It returns nil when the file does not exist or is empty
 // (Open creates it), a *DamageError when bbolt must not open it, or the I/O
-// error that kept it from reading the file. It does not take bbolt's lock:
-// call it while nothing writes the file.
+// error that kept it from reading the file. It holds bbolt's lock as a
+// reader while it reads, and checks nothing (nil) when a writer holds it:
+// Open then waits for the lock and fails with ErrLocked.
 func CheckFile(path string) error {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -97,6 +98,15 @@ func CheckFile(path string) error {
 		return fmt.Errorf("check index: %w", err)
 	}
 	defer f.Close()
+	busy, err := lockShared(f)
+	if err != nil {
+		return fmt.Errorf("check index: %w", err)
+	}
+	if busy {
+		// Someone writes it: what CheckFile would read may be torn. Open
+		// waits for the lock and fails with ErrLocked.
+		return nil
+	}
 	fi, err := f.Stat()
 	if err != nil {
 		return fmt.Errorf("check index: %w", err)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // buildIndex writes an index of n events (applied in chunks of 500) and
@@ -183,4 +184,27 @@ func TestCheckFileNeverPanics(t *testing.T) {
 func fixMetaSum(b []byte) {
 	m := decodeMeta(b)
 	nativeEndian.PutUint64(b[pageHeaderSize+metaSumOffset:], m.sum)
+}
+
+// TestCheckFileSkipsAFileInUse: while a bbolt writer holds the file's lock,
+// what CheckFile would read may be torn, so it checks nothing; Open then
+// reports the lock.
+func TestCheckFileSkipsAFileInUse(t *testing.T) {
+	path := buildIndex(t, 10)
+	s := mustOpenPath(t, path, nil) // holds bbolt's lock
+	if err := CheckFile(path); err != nil {
+		t.Fatalf("CheckFile on a file in use: %v, want nil (not checked)", err)
+	}
+	if _, err := Open(path, &Options{LockTimeout: 10 * time.Millisecond}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("Open of a file in use: %v, want ErrLocked", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 8<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckFile(path); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("CheckFile once released: %v, want ErrDamaged", err)
+	}
 }
