@@ -63,9 +63,10 @@ func (s *Server) Addr() net.Addr {
 }
 
 // Run opens the log, checks the index file, starts serving (publishing works
-// from then on), opens the index and starts the consumer, and serves until ctx ends. Then it stops
-// accepting, lets in-flight requests finish, stops the consumer and closes the
-// index and the log. It returns nil after a clean shutdown.
+// from then on), opens the index and starts the consumer, and serves until
+// ctx ends. Then it stops accepting, lets in-flight requests finish, stops the
+// consumer and closes the index and the log. It returns nil after a clean
+// shutdown.
 func (s *Server) Run(ctx context.Context) (err error) {
 	defer func() {
 		err = errors.Join(err, s.closeAll())
