@@ -20,7 +20,8 @@
 // written, only after k's fsync returned. The contract:
 //
 //   - Append returns offsets only after the fsync that covers its records
-//     succeeded; it never acknowledges anything earlier.
+//     succeeded and the segment it wrote to was found still linked (one
+//     fstat per commit); it never acknowledges anything earlier.
 //   - A call's records get consecutive offsets, in the order given, and are
 //     never split between two commits.
 //   - If the caller's context ends before the writer took the records, they
@@ -34,6 +35,16 @@
 //     takes data, and reopens. Until that succeeds, appends are refused with
 //     ErrUnavailable and Writable reports the cause; every Append retries
 //     the recovery, and so does the writer every Options.RetryInterval.
+//
+// # Removed files
+//
+// A deleted file takes fsynced writes without error and is gone at the next
+// start. So the writer checks after every fsync that the tail segment still
+// has a link, and every second (and TruncateFront before it frees a
+// segment) that the directory, the tail segment's name and every path given
+// to Watch are still the files they were. When one was removed or replaced,
+// the log refuses appends and TruncateFront with ErrRemoved for good: it
+// never recreates the directory, which would restart the offsets.
 //
 // tidwall/wal runs with NoSync: the writer fsyncs the tail segment through
 // its own file handle, so tidwall/wal's lock is never held across an fsync.

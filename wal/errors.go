@@ -20,6 +20,16 @@ var (
 	// reports it while appends are refused.
 	ErrUnavailable = errors.New("wal: unavailable")
 
+	// ErrRemoved is returned (wrapped, together with ErrUnavailable) by
+	// Append, Writable and TruncateFront once the log found that its
+	// directory, a segment it writes to or a path given to Watch was removed
+	// or replaced while open (rm -rf of the data directory, a restore over
+	// it): records written from then on would be gone at the next start. It
+	// is final: the log never recreates the files and refuses appends until
+	// it is closed and opened again, by an operator who knows what happened
+	// to the files.
+	ErrRemoved = errors.New("wal: files removed while open")
+
 	// ErrOutOfRange is returned (wrapped) by Read when from is below
 	// FirstOffset, because retention already removed those records, or above
 	// LastOffset()+1.

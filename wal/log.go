@@ -123,11 +123,15 @@ type Options struct {
 	// each fault step, and a non-nil result makes that step fail with it;
 	// onCommit is called by the writer after each group commit, before its
 	// callers are answered; refreshAfter overrides defaultRefreshAfter;
-	// noInlineSync makes the writer hand every commit to the syncer.
+	// noInlineSync makes the writer hand every commit to the syncer; now
+	// is the clock of the log throttle (default time.Now); checkEvery
+	// overrides checkInterval.
 	injectFault  func(fault) error
 	onCommit     func(records, bytes int, fsync time.Duration)
 	refreshAfter int64
 	noInlineSync bool
+	now          func() time.Time
+	checkEvery   time.Duration
 }
 
 func (o *Options) withDefaults() Options {
@@ -159,6 +163,12 @@ func (o *Options) withDefaults() Options {
 	if r.refreshAfter <= 0 {
 		r.refreshAfter = defaultRefreshAfter
 	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.checkEvery <= 0 {
+		r.checkEvery = checkInterval
+	}
 	return r
 }
 
@@ -181,12 +191,12 @@ type Log struct {
 
 	// Owned by the writer goroutine (and by Open before it starts and Close
 	// after it ended).
-	app       appender
-	written   uint64 // last offset handed to tidwall/wal
-	frame     []byte
-	inflight  *job // written, being fsynced by the syncer
-	ready     *job // written while inflight was being fsynced
-	lastBatch int  // bytes of the last failed commit as framed, sizes the recovery probe
+	app      appender
+	written  uint64 // last offset handed to tidwall/wal
+	frame    []byte
+	inflight *job // written, being fsynced by the syncer
+	ready    *job // written while inflight was being fsynced
+	flog     failureLog
 
 	// The syncer goroutine fsyncs what the writer wrote.
 	syncReq    chan *job
@@ -214,6 +224,13 @@ type Log struct {
 	closed bool
 
 	state atomic.Pointer[error] // non-nil while appends are refused
+
+	// Removal of the log's files (files.go): the log directory as opened,
+	// the paths given to Watch, and the final error once one was removed.
+	dirInfo os.FileInfo
+	watchMu sync.Mutex
+	watched []watchedFile
+	lost    atomic.Pointer[error]
 
 	cache   tailCache
 	reader  diskReader
@@ -245,20 +262,26 @@ func Open(dir string, opts *Options) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open: %w", err)
 	}
+	dirInfo, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open: %w", err)
+	}
 	lock, err := lockDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	l := &Log{
-		dir:    dir,
-		opts:   o,
-		logger: o.Logger,
-		lock:   lock,
-		app:    appender{dir: dir, segmentSize: o.SegmentSize, refreshAfter: o.refreshAfter},
-		kick:   make(chan struct{}, 1),
-		quit:   make(chan struct{}),
-		done:   make(chan struct{}),
-		notify: make(chan struct{}),
+		dir:     dir,
+		dirInfo: dirInfo,
+		opts:    o,
+		logger:  o.Logger,
+		lock:    lock,
+		app:     appender{dir: dir, segmentSize: o.SegmentSize, refreshAfter: o.refreshAfter},
+		flog:    failureLog{logger: o.Logger, now: o.now},
+		kick:    make(chan struct{}, 1),
+		quit:    make(chan struct{}),
+		done:    make(chan struct{}),
+		notify:  make(chan struct{}),
 
 		syncReq:    make(chan *job),
 		syncRes:    make(chan *job),
@@ -334,6 +357,9 @@ func (l *Log) Append(ctx context.Context, records [][]byte) (first, last uint64,
 	if err := ctx.Err(); err != nil {
 		return 0, 0, err
 	}
+	if err := l.lostErr(); err != nil {
+		return 0, 0, err
+	}
 	r := &request{ctx: ctx, recs: records, done: make(chan struct{})}
 	for _, rec := range records {
 		r.bytes += len(rec)
@@ -371,13 +397,17 @@ func (l *Log) Append(ctx context.Context, records [][]byte) (first, last uint64,
 
 // Writable returns nil when the log accepts appends. Otherwise it returns
 // ErrClosed, or an error wrapping ErrUnavailable and the I/O error that
-// keeps the log from its durable state (for a readiness check).
+// keeps the log from its durable state, or ErrRemoved (for a readiness
+// check).
 func (l *Log) Writable() error {
 	l.qmu.Lock()
 	closing := l.closing
 	l.qmu.Unlock()
 	if closing {
 		return ErrClosed
+	}
+	if err := l.lostErr(); err != nil {
+		return err
 	}
 	if p := l.state.Load(); p != nil {
 		return *p

@@ -85,9 +85,21 @@ func (l *Log) Wait(ctx context.Context, after uint64) error {
 // removed, and records are only ever freed by whole segments, so it is cheap
 // when nothing is to be freed; it does not block appends. Each removal is
 // followed by a directory fsync.
+//
+// Before it removes a segment it checks the log's directory and the watched
+// paths (see Watch); when one was removed or replaced, and from then on, it
+// removes nothing and returns an error wrapping ErrRemoved.
 func (l *Log) TruncateFront(offset uint64) error {
 	l.truncMu.Lock()
 	defer l.truncMu.Unlock()
+	if l.frees(offset) {
+		if err := l.lostErr(); err != nil {
+			return fmt.Errorf("truncate front: %w", err)
+		}
+		if err := l.checkPaths(); err != nil {
+			return fmt.Errorf("truncate front: %w", l.markLost(err))
+		}
+	}
 	for {
 		l.mu.Lock()
 		if l.closed {
@@ -114,6 +126,13 @@ func (l *Log) TruncateFront(offset uint64) error {
 		l.removed.Add(1)
 	}
 	return nil
+}
+
+// frees reports whether TruncateFront(offset) would remove a segment.
+func (l *Log) frees(offset uint64) bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return len(l.segs) >= 2 && l.segs[1].index <= offset
 }
 
 // tailCache holds the most recently committed records, in a ring indexed by

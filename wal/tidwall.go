@@ -209,17 +209,15 @@ func (a *appender) begin(first uint64) {
 	}
 }
 
-// add stages the next entry and returns the bytes it takes in the file.
-func (a *appender) add(data []byte) int {
+// add stages the next entry.
+func (a *appender) add(data []byte) {
 	a.batch.Write(a.next, data)
-	n := entrySize(len(data))
-	a.staged += int64(n)
+	a.staged += int64(entrySize(len(data)))
 	if a.staged >= int64(a.segmentSize) {
 		a.cuts = append(a.cuts, cut{next: a.next + 1, prevSize: a.staged})
 		a.staged = 0
 	}
 	a.next++
-	return n
 }
 
 // write hands the staged entries to tidwall/wal and returns the segment

@@ -17,6 +17,7 @@ type job struct {
 	cuts           []cut    // segments started while writing it
 	tail           int64    // size of the tail segment after it
 	file           *os.File // tail segment handle to fsync
+	alsoWrote      []string // with cuts: the other segments it wrote into
 	err            error    // write error (writer) or fsync error (syncer)
 	took           time.Duration
 }
@@ -34,11 +35,15 @@ func (l *Log) run() {
 		close(l.syncReq)
 		<-l.syncerDone
 	}()
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
-	defer retry.Stop()
+	w := newWriterTimers(l.opts.RetryInterval, l.opts.checkEvery)
+	defer w.stop()
 	quitting := false
 	for {
+		select {
+		case <-w.check.C: // also while busy
+			l.checkFiles()
+		default:
+		}
 		switch {
 		case l.inflight == nil && l.ready == nil:
 			batch := l.take(0)
@@ -46,18 +51,7 @@ func (l *Log) run() {
 				if quitting {
 					return
 				}
-				if l.state.Load() != nil {
-					retry.Reset(l.opts.RetryInterval)
-				}
-				select {
-				case <-l.kick:
-				case <-retry.C:
-					if l.state.Load() != nil {
-						l.tryRecover()
-					}
-				case <-l.quit:
-					quitting = true
-				}
+				quitting = l.idle(w)
 				continue
 			}
 			l.ready = l.writeJob(batch)
@@ -80,6 +74,48 @@ func (l *Log) run() {
 			l.start()
 		}
 	}
+}
+
+// writerTimers are the writer's clocks: the retry of a recovery while the
+// log is unavailable, and the periodic check of its files.
+type writerTimers struct {
+	every time.Duration
+	retry *time.Timer
+	armed bool // retry is running
+	check *time.Ticker
+}
+
+func newWriterTimers(retryEvery, checkEvery time.Duration) *writerTimers {
+	w := &writerTimers{every: retryEvery, retry: time.NewTimer(time.Hour), check: time.NewTicker(checkEvery)}
+	w.retry.Stop()
+	return w
+}
+
+func (w *writerTimers) stop() {
+	w.retry.Stop()
+	w.check.Stop()
+}
+
+// idle waits, with nothing queued, for an append, the file check, the
+// retry of a recovery, or Close. It reports whether Close was called.
+func (l *Log) idle(w *writerTimers) (quit bool) {
+	if l.state.Load() != nil && !w.armed {
+		w.retry.Reset(w.every)
+		w.armed = true
+	}
+	select {
+	case <-l.kick:
+	case <-w.check.C:
+		l.checkFiles()
+	case <-w.retry.C:
+		w.armed = false
+		if l.state.Load() != nil {
+			l.tryRecover()
+		}
+	case <-l.quit:
+		return true
+	}
+	return false
 }
 
 // pipelineBytes is how much must be queued for the writer to write the
@@ -144,6 +180,10 @@ func (l *Log) writeJob(batch []*request) *job {
 	if len(batch) == 0 {
 		return nil
 	}
+	if err := l.lostErr(); err != nil {
+		l.answer(batch, err)
+		return nil
+	}
 	if l.state.Load() != nil && !l.tryRecover() {
 		l.answer(batch, *l.state.Load())
 		return nil
@@ -151,7 +191,7 @@ func (l *Log) writeJob(batch []*request) *job {
 	if l.inflight == nil && l.app.needsRefresh(l.removed.Load()) {
 		if err := l.reopenTidwall(); err != nil {
 			err = unavailable(fmt.Errorf("reopen: %w", err))
-			l.logger.Error("wal: reopening tidwall/wal failed", logKeyErr, err)
+			l.flog.reopenFailed(err)
 			l.state.Store(&err)
 			l.answer(batch, err)
 			return nil
@@ -160,10 +200,20 @@ func (l *Log) writeJob(batch []*request) *job {
 	j := &job{batch: batch, first: l.written + 1}
 	l.frameBatch(j)
 	l.written = j.last
+	var prevTail string
+	if l.app.tail != nil {
+		prevTail = l.app.tail.Name()
+	}
 	var err error
 	if j.cuts, j.tail, j.file, err = l.app.write(); err != nil {
 		j.err = fmt.Errorf("write: %w", err)
 		return j
+	}
+	if len(j.cuts) > 0 && prevTail != "" {
+		j.alsoWrote = append(j.alsoWrote, prevTail)
+		for _, c := range j.cuts[:len(j.cuts)-1] {
+			j.alsoWrote = append(j.alsoWrote, filepath.Join(l.dir, segmentName(c.next)))
+		}
 	}
 	if err := l.fault(faultWrite); err != nil {
 		j.err = fmt.Errorf("write: %w", err)
@@ -189,7 +239,7 @@ func (l *Log) dropCancelled(batch []*request) []*request {
 // and stages them in the appender.
 func (l *Log) frameBatch(j *job) {
 	l.app.begin(j.first)
-	next, framed := j.first, 0
+	next := j.first
 	for _, r := range j.batch {
 		r.first = next
 		for _, rec := range r.recs {
@@ -198,7 +248,7 @@ func (l *Log) frameBatch(j *job) {
 				flags = flagBatchStart
 			}
 			l.frame = appendFrame(l.frame[:0], next, flags, rec)
-			framed += l.app.add(l.frame)
+			l.app.add(l.frame)
 			next++
 			j.bytes += len(rec)
 		}
@@ -206,7 +256,6 @@ func (l *Log) frameBatch(j *job) {
 		r.last = next - 1
 	}
 	j.last = next - 1
-	l.lastBatch = framed
 }
 
 // reopenTidwall closes and reopens tidwall/wal on the durable log, to drop
@@ -284,7 +333,8 @@ func (l *Log) syncer() {
 }
 
 // sync fsyncs a written job's tail segment and, when segments were
-// created, the directory, and records the outcome in the job.
+// created, the directory, checks that the segments are still linked, and
+// records the outcome in the job.
 func (l *Log) sync(j *job) {
 	start := time.Now()
 	err := l.fault(faultSync)
@@ -292,6 +342,8 @@ func (l *Log) sync(j *job) {
 		err = syncTail(j.file)
 	}
 	if err != nil {
+		err = fmt.Errorf("sync: %w", err)
+	} else if err = checkCommitFiles(j); err != nil {
 		err = fmt.Errorf("sync: %w", err)
 	} else if len(j.cuts) > 0 {
 		if err = l.fault(faultSyncDir); err == nil {
@@ -330,10 +382,16 @@ func (l *Log) publish(j *job) {
 // commit, then answers the callers of the failed jobs, so that Writable
 // already tells whether that worked when they hear of the failure.
 func (l *Log) fail(cause error, jobs ...*job) {
-	err := unavailable(cause)
-	l.logger.Error("wal: group commit failed, nothing of it acknowledged", logKeyErr, cause)
-	l.state.Store(&err)
-	l.tryRecover()
+	var err error
+	if errors.Is(cause, ErrRemoved) {
+		// Nothing to cut back or recover: the files are gone.
+		err = l.markLost(cause)
+	} else {
+		err = unavailable(cause)
+		l.flog.commitFailed(cause)
+		l.state.Store(&err)
+		l.tryRecover()
+	}
 	for _, j := range jobs {
 		l.answer(j.batch, err)
 	}
@@ -342,17 +400,22 @@ func (l *Log) fail(cause error, jobs ...*job) {
 // tryRecover tries to bring the log back to its last durable state: close
 // tidwall/wal, drop what failed commits left in the files, reopen, and
 // check with a test write that the disk takes data again. It reports
-// whether the log accepts appends again. Nothing may be in flight.
+// whether the log accepts appends again. Nothing may be in flight. Once
+// the log's files were removed it does nothing: recreating them would
+// restart the offsets.
 func (l *Log) tryRecover() bool {
+	if l.lostErr() != nil {
+		return false
+	}
 	err := l.rollBack()
 	if err != nil {
 		err = unavailable(fmt.Errorf("recover: %w", err))
 		l.state.Store(&err)
-		l.logger.Warn("wal: log unavailable, recovery failed", logKeyErr, err)
+		l.flog.recoveryFailed(err)
 		return false
 	}
 	if l.state.Swap(nil) != nil {
-		l.logger.Info("wal: log recovered, accepting appends")
+		l.flog.recovered()
 	}
 	return true
 }
@@ -396,16 +459,27 @@ func (l *Log) rollBack() error {
 	return nil
 }
 
-// probe writes, fsyncs and removes a file as large as the failed commit
-// (4 KiB to 16 MiB), to tell whether the disk takes data again.
+// probeBytes is the size of the recovery's test write: one page.
+//
+// The probe tells whether the disk takes data at all again; it does not
+// promise that the next commit fits. A commit larger than the space left
+// then fails like the one before it and is refused (503) and cut back in
+// the same way, so a small probe costs nothing in safety. It spares the
+// disk: recovery is retried by every refused append, and a probe as large
+// as the failed commit (up to MaxBatchBytes) wrote up to 16 MiB per refused
+// request on a nearly full disk. It also lets requests that still fit be
+// acknowledged while a larger one is refused.
+const probeBytes = 4 << 10
+
+// probe writes, fsyncs and removes a file of probeBytes, to tell whether
+// the disk takes data again.
 func (l *Log) probe() error {
-	n := min(max(l.lastBatch, 4<<10), 16<<20)
 	path := filepath.Join(l.dir, ".probe")
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("probe: %w", err)
 	}
-	_, err = f.Write(make([]byte, n))
+	_, err = f.Write(make([]byte, probeBytes))
 	if err == nil {
 		err = f.Sync()
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aggregator-dev/aggregator/dedup"
+	"github.com/aggregator-dev/aggregator/internal/poll"
 )
 
 // TestDiskFullAnswers503AndRecovers runs the server on a small tmpfs that it
@@ -22,14 +23,7 @@ import (
 // nothing, /readyz says not ready, reads keep working, and once space is
 // freed writes resume by themselves.
 func TestDiskFullAnswers503AndRecovers(t *testing.T) {
-	if testing.Short() {
-		t.Skip("mounts a tmpfs")
-	}
-	mnt := t.TempDir()
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=8m"); err != nil {
-		t.Skipf("cannot mount a tmpfs here (%v): run as root with CAP_SYS_ADMIN to test a real full disk", err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	mnt := mountTmpfs(t, "8m")
 	ts := startServerWith(t, filepath.Join(mnt, "data"), func(c *Config) {
 		c.ReadTimeout = 10 * time.Second
 		c.SegmentSize = 1 << 20
@@ -40,27 +34,22 @@ func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 
 	fillDisk(t, filepath.Join(mnt, "filler-1"))
 	// Large enough to need pages the full disk does not have.
-	big := makeEvent(2, "disk")
-	big["payload"] = map[string]any{"pad": strings.Repeat("x", 256<<10)}
-	req, _ := http.NewRequest(http.MethodPost, ts.base+"/publish", strings.NewReader(string(mustJSON(t, big))))
-	resp, err := ts.http.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	status, retry := publishBig(t, ts, 2, 256<<10)
+	if status != http.StatusServiceUnavailable || retry == "" {
+		t.Fatalf("publish on a full disk: %d (Retry-After %q), want 503 with Retry-After", status, retry)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("publish on a full disk: %d (Retry-After %q), want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	// The failed write was cut back, and the recovery's small probe may
+	// have found that room: take it too, so that the next commit fails and
+	// its recovery finds no room at all.
+	fillDisk(t, filepath.Join(mnt, "filler-2"))
+	if status, _ := ts.do(http.MethodPost, "/publish", "application/json", mustJSON(t, makeEvent(3, "disk"))); status != http.StatusServiceUnavailable {
+		t.Fatalf("second publish on a full disk: %d", status)
 	}
 	if status, body := ts.do(http.MethodGet, "/readyz", "", nil); status != http.StatusServiceUnavailable || !strings.Contains(string(body), "no space") {
 		t.Fatalf("readyz on a full disk: %d %s", status, body)
 	}
 	if status, _ := ts.do(http.MethodGet, "/events", "", nil); status != http.StatusOK {
 		t.Fatalf("reads on a full disk: %d", status)
-	}
-	// The failed write was cut back: take that space too.
-	fillDisk(t, filepath.Join(mnt, "filler-2"))
-	if status, _ := ts.do(http.MethodPost, "/publish", "application/json", mustJSON(t, makeEvent(3, "disk"))); status != http.StatusServiceUnavailable {
-		t.Fatalf("second publish on a full disk: %d", status)
 	}
 
 	for _, f := range []string{"filler-1", "filler-2"} {
@@ -71,10 +60,7 @@ func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 	ts.waitReady(10 * time.Second)
 	ts.publish(makeEvent(4, "disk"))
 	st := ts.drain(10 * time.Second)
-	ids := map[string]bool{}
-	for _, e := range ts.listAll("disk") {
-		ids[e.EventID] = true
-	}
+	ids := listedIDs(ts, "disk")
 	if !ids["id-1"] || !ids["id-4"] || ids["id-3"] {
 		t.Fatalf("listed %v: want id-1 and id-4, never id-3 (refused)", ids)
 	}
@@ -84,6 +70,137 @@ func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 	if ids["id-2"] || st.Received != 2 {
 		t.Fatalf("an unacknowledged event was delivered: ids %v, stats %+v", ids, st)
 	}
+}
+
+// TestDiskNearlyFullTakesWhatFits leaves 64 KiB free: a 256 KiB request is
+// refused and cut back, and the recovery's test write (one page, not the
+// size of the failed commit) finds the disk writable again, so a small
+// request is acknowledged at once and /readyz is ready.
+func TestDiskNearlyFullTakesWhatFits(t *testing.T) {
+	mnt := mountTmpfs(t, "8m")
+	ts := startServer(t, filepath.Join(mnt, "data"), func(c *Config) { c.SegmentSize = 1 << 20 })
+	ts.publish(makeEvent(1, "near"))
+	ts.drain(10 * time.Second)
+
+	filler := filepath.Join(mnt, "filler")
+	fillDisk(t, filler)
+	fi, err := os.Stat(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filler, fi.Size()-64<<10); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := publishBig(t, ts, 2, 256<<10); status != http.StatusServiceUnavailable {
+		t.Fatalf("256 KiB publish with 64 KiB free: %d, want 503", status)
+	}
+	if status, body := ts.do(http.MethodGet, "/readyz", "", nil); status != http.StatusOK {
+		t.Fatalf("readyz after the refused large request, with room for small ones: %d %s", status, body)
+	}
+	ts.publish(makeEvent(3, "near"))
+	st := ts.drain(10 * time.Second)
+	if ids := listedIDs(ts, "near"); len(ids) != 2 || !ids["id-1"] || !ids["id-3"] || st.Received != 2 {
+		t.Fatalf("listed %v, stats %+v: want id-1 and id-3 only", ids, st)
+	}
+}
+
+// TestDiskFullLogsOncePerSecond sends 40 publishes to a full disk: each is
+// refused, and the log's failure lines come at most once a second per kind,
+// the next one counting those held back.
+func TestDiskFullLogsOncePerSecond(t *testing.T) {
+	mnt := mountTmpfs(t, "8m")
+	ts := startServer(t, filepath.Join(mnt, "data"), nil)
+	ts.publish(makeEvent(1, "quiet"))
+	ts.drain(10 * time.Second)
+	fillDisk(t, filepath.Join(mnt, "filler-1"))
+	// Small events still fit in the tail segment's last page: publish
+	// until the first refusal, then take the room its cut back freed.
+	for i := 0; ; i++ {
+		if i == 1000 {
+			t.Fatal("1000 events acknowledged on a full disk")
+		}
+		status, _ := ts.do(http.MethodPost, "/publish", "application/json", mustJSON(t, makeEvent(1000+i, "quiet")))
+		if status == http.StatusServiceUnavailable {
+			break
+		}
+	}
+	fillDisk(t, filepath.Join(mnt, "filler-2"))
+
+	start := time.Now()
+	const refusals = 40
+	for i := range refusals {
+		if status, _ := ts.do(http.MethodPost, "/publish", "application/json", mustJSON(t, makeEvent(2+i, "quiet"))); status != http.StatusServiceUnavailable {
+			t.Fatalf("publish %d on a full disk: %d, want 503", i, status)
+		}
+	}
+	seconds := int(time.Since(start)/time.Second) + 1
+	for _, kind := range []string{"group commit failed", "recovery failed"} {
+		if n := len(walLines(ts, kind)); n > seconds {
+			t.Errorf("%d lines %q for %d refusals in %d s, want at most one a second", n, kind, refusals, seconds)
+		}
+	}
+	// The writer retries every second: its next line counts the others.
+	counted := poll.Within(5*time.Second, func() bool {
+		for _, line := range walLines(ts, "recovery failed") {
+			if strings.Contains(line, "not_logged=") && !strings.Contains(line, "not_logged=0") {
+				return true
+			}
+		}
+		return false
+	})
+	if !counted {
+		t.Fatalf("no line counts the lines held back:\n%s", strings.Join(walLines(ts, "wal:"), "\n"))
+	}
+}
+
+// mountTmpfs mounts a tmpfs of size (e.g. "8m") for the test, or skips it
+// where that is not permitted.
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("mounts a tmpfs")
+	}
+	mnt := t.TempDir()
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size="+size); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v): run as root with CAP_SYS_ADMIN to test a real full disk", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	return mnt
+}
+
+// publishBig publishes event i with a payload of pad bytes and returns the
+// status and the Retry-After header.
+func publishBig(t *testing.T, ts *testServer, i, pad int) (int, string) {
+	t.Helper()
+	big := makeEvent(i, "disk")
+	big["payload"] = map[string]any{"pad": strings.Repeat("x", pad)}
+	req, _ := http.NewRequest(http.MethodPost, ts.base+"/publish", strings.NewReader(string(mustJSON(t, big))))
+	resp, err := ts.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get("Retry-After")
+}
+
+// listedIDs returns the event IDs listed for topic.
+func listedIDs(ts *testServer, topic string) map[string]bool {
+	ids := map[string]bool{}
+	for _, e := range ts.listAll(topic) {
+		ids[e.EventID] = true
+	}
+	return ids
+}
+
+// walLines returns the log's lines (component=wal) that contain msg.
+func walLines(ts *testServer, msg string) []string {
+	var out []string
+	for line := range strings.Lines(ts.logs.String()) {
+		if strings.Contains(line, "component=wal") && strings.Contains(line, msg) {
+			out = append(out, strings.TrimSpace(line))
+		}
+	}
+	return out
 }
 
 // fillDisk writes path until the file system is full.

@@ -62,10 +62,11 @@ func (s *Server) Addr() net.Addr {
 	}
 }
 
-// Run opens the log, starts serving (publishing works from then on), opens the
-// index and starts the consumer, and serves until ctx ends. Then it stops
-// accepting, lets in-flight requests finish, stops the consumer and closes the
-// index and the log. It returns nil after a clean shutdown.
+// Run opens the log, checks the index file, starts serving (publishing works
+// from then on), opens the index and starts the consumer, and serves until
+// ctx ends. Then it stops accepting, lets in-flight requests finish, stops the
+// consumer and closes the index and the log. It returns nil after a clean
+// shutdown.
 func (s *Server) Run(ctx context.Context) (err error) {
 	defer func() {
 		err = errors.Join(err, s.closeAll())
@@ -89,6 +90,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	wlog, err := s.openLog(reg)
 	if err != nil {
+		return err
+	}
+	if err := s.checkIndexFile(); err != nil {
 		return err
 	}
 	// After a --wal-repair the log may have lost records the index has
@@ -169,6 +173,11 @@ func (s *Server) openLog(reg prometheus.Registerer) (*wal.Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sync data dir: %w", err)
 	}
+	// rm -rf of the data directory or a restore over it while running:
+	// the log refuses appends rather than acknowledge into deleted files.
+	if err := wlog.Watch(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	ws := wlog.Stats()
 	s.logger.Info("log open", "dir", dir, "first_offset", ws.FirstOffset, "last_offset", ws.LastOffset, "segments", ws.Segments)
 	return wlog, nil
@@ -217,7 +226,7 @@ func (s *Server) serve(h *api.Handler, tlsConfig *tls.Config) (*httpStage, error
 	}
 	web := &httpStage{
 		srv: &http.Server{
-			Handler:           h,
+			Handler:           replyDeadline(h, cfg.WriteTimeout),
 			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 			ReadTimeout:       cfg.ReadTimeout,
 			WriteTimeout:      cfg.WriteTimeout,
@@ -345,7 +354,7 @@ func (s *Server) wait(ctx context.Context, web *httpStage, idx *indexStage, wlog
 func (s *Server) openIndex(wlog *wal.Log, reg prometheus.Registerer) (*dedup.Store, error) {
 	path := filepath.Join(s.cfg.DataDir, "index.db")
 	start := time.Now()
-	st, err := dedup.Open(path, &dedup.Options{
+	st, err := openStore(path, &dedup.Options{
 		ExpectedKeys:      s.cfg.BloomExpectedKeys,
 		FalsePositiveRate: s.cfg.BloomFPRate,
 		LockTimeout:       s.cfg.LockTimeout,
@@ -366,6 +375,11 @@ func (s *Server) openIndex(wlog *wal.Log, reg prometheus.Registerer) (*dedup.Sto
 	if err := wal.SyncDir(s.cfg.DataDir); err != nil {
 		_ = st.Close()
 		return nil, fmt.Errorf("sync data dir: %w", err)
+	}
+	// The log frees what the index holds: not once index.db is deleted.
+	if err := wlog.Watch(path); err != nil {
+		_ = st.Close()
+		return nil, err
 	}
 	s.logger.Info("index open", "path", path, "took", time.Since(start).Round(time.Millisecond))
 	return st, nil
