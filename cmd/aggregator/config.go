@@ -66,6 +66,10 @@ type Config struct {
 	Tokens      api.Tokens
 	MetricsOpen bool
 
+	// DebugAddr, when set, serves net/http/pprof on a listener of its own
+	// (meant for 127.0.0.1: it is never behind the tokens).
+	DebugAddr string
+
 	// TLS: serve HTTPS with this certificate chain and key (PEM files).
 	TLSCert string
 	TLSKey  string
@@ -211,6 +215,7 @@ func registerFlags(fs *flag.FlagSet, c *Config, level *string, expected *uint64,
 		fs.StringVar(&tokenFiles[i], scope+"-token-file", "", "file holding the "+scope+" token (surrounding whitespace is trimmed)")
 	}
 	fs.BoolVar(&c.MetricsOpen, "metrics-open", c.MetricsOpen, "serve /metrics without a token even when reading needs one")
+	fs.StringVar(&c.DebugAddr, "debug-addr", c.DebugAddr, "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060; no tokens there: keep it on loopback)")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "serve HTTPS: PEM certificate chain file (with --tls-key)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "serve HTTPS: PEM private key file (with --tls-cert)")
 

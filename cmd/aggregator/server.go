@@ -82,6 +82,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		return err
 	}
 	s.logAccess()
+	if err := s.serveDebug(); err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := api.NewMetrics(reg)

@@ -25,6 +25,7 @@ type consumeCommand struct {
 	events   int
 	duration time.Duration
 	wait     time.Duration
+	limit    int
 	jsonOut  bool
 }
 
@@ -53,6 +54,7 @@ func (c *consumeCommand) Run(ctx context.Context, args []string) error {
 	fs.IntVar(&c.events, "events", 0, "stop after this many events (0: at -duration)")
 	fs.DurationVar(&c.duration, "duration", time.Minute, "stop after this long")
 	fs.DurationVar(&c.wait, "wait", 5*time.Second, "long-poll wait of each request (modes poll and cursor)")
+	fs.IntVar(&c.limit, "limit", 1000, "events per page (modes poll and cursor), 1 to 10000")
 	fs.BoolVar(&c.jsonOut, "json", false, "print the report as one JSON line")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -69,7 +71,7 @@ func (c *consumeCommand) Run(ctx context.Context, args []string) error {
 	}
 	client := newClient(2)
 	defer client.CloseIdleConnections()
-	f := &follower{client: client, base: base, mode: c.mode, topic: c.topic, cursor: c.cursor, wait: c.wait}
+	f := &follower{client: client, base: base, mode: c.mode, topic: c.topic, cursor: c.cursor, wait: c.wait, limit: c.limit}
 	if c.from == "now" && c.mode != followCursor {
 		st, err := getStats(ctx, client, base)
 		if err != nil {

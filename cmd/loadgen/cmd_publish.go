@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,6 +24,8 @@ type publishCommand struct {
 	gen           genConfig
 	format        string // -format: object, array, ndjson or auto
 	target        string
+	path          string  // request target (/publish with a query, if any)
+	rate          float64 // events per second to send at (0: as fast as possible)
 	concurrency   int
 	runID         string
 	duration      time.Duration // no request starts after it
@@ -56,7 +59,10 @@ func (c *publishCommand) Run(ctx context.Context, args []string) error {
 	}
 	client := newClient(c.concurrency)
 	defer client.CloseIdleConnections()
-	pb := &publisher{client: client, base: c.base, raw: c.httpClient == "raw", plan: p, concurrency: c.concurrency, acks: acks}
+	pb := &publisher{client: client, base: c.base, path: c.path, raw: c.httpClient == "raw", plan: p, concurrency: c.concurrency, acks: acks}
+	if c.rate > 0 {
+		pb.interval = time.Duration(float64(time.Second) * float64(c.gen.Batch) / c.rate)
+	}
 	statsClient := newClient(1)
 	defer statsClient.CloseIdleConnections()
 	var lag *lagProbe
@@ -95,6 +101,8 @@ func (c *publishCommand) parseArgs(args []string) error {
 	fs.SetOutput(c.stderr)
 	genFlags(fs, &c.gen, 100000, 100, &c.format)
 	fs.StringVar(&c.target, "target", defaultTarget(), "base URL of the service (127.0.0.1 only)")
+	fs.StringVar(&c.path, "path", "/publish", "request target, with a query if wanted (e.g. /publish?wait=applied)")
+	fs.Float64Var(&c.rate, "rate", 0, "events per second to send at, paced per request (0: as fast as the service answers)")
 	fs.IntVar(&c.concurrency, "concurrency", 16, "concurrent publishers (one keep-alive connection each)")
 	fs.StringVar(&c.runID, "run-id", "", "prefix that makes event ids unique per run (default random)")
 	fs.DurationVar(&c.duration, "duration", 10*time.Minute, "time cap: no request starts after it")
@@ -118,6 +126,10 @@ func (c *publishCommand) parseArgs(args []string) error {
 		return usagef("http-client must be raw or std")
 	case c.duration <= 0 || c.progressEvery <= 0:
 		return usagef("duration and progress-interval must be positive")
+	case c.rate < 0:
+		return usagef("rate must not be negative")
+	case !strings.HasPrefix(c.path, "/publish"):
+		return usagef("path must start with /publish")
 	}
 	c.gen.RunID = c.runID
 	if c.gen.RunID == "" {

@@ -42,6 +42,7 @@ type follower struct {
 	topic  string
 	cursor string        // name of the cursor in followCursor mode
 	wait   time.Duration // long-poll wait
+	limit  int           // events per page (0: 1000)
 	after  uint64        // last seq delivered
 	// deliver is called for each event, in order, with the time it arrived.
 	deliver func(e *fedEvent, at time.Time)
@@ -101,7 +102,7 @@ func (f *follower) accept(e *fedEvent, at time.Time) error {
 func (f *follower) page(ctx context.Context) error {
 	path := "/feed?" + f.query().Encode()
 	if f.mode == followCursor {
-		path = "/consumers/" + f.cursor + "/next?" + url.Values{"limit": {"1000"}, "wait": {f.wait.String()}}.Encode()
+		path = "/consumers/" + f.cursor + "/next?" + url.Values{"limit": {f.pageLimit()}, "wait": {f.wait.String()}}.Encode()
 	}
 	body, err := f.get(ctx, path, nil)
 	if err != nil {
@@ -130,11 +131,18 @@ func (f *follower) page(ctx context.Context) error {
 }
 
 func (f *follower) query() url.Values {
-	q := url.Values{"after": {strconv.FormatUint(f.after, 10)}, "limit": {"1000"}, "wait": {f.wait.String()}}
+	q := url.Values{"after": {strconv.FormatUint(f.after, 10)}, "limit": {f.pageLimit()}, "wait": {f.wait.String()}}
 	if f.topic != "" {
 		q.Set("topic", f.topic)
 	}
 	return q
+}
+
+func (f *follower) pageLimit() string {
+	if f.limit <= 0 {
+		return "1000"
+	}
+	return strconv.Itoa(f.limit)
 }
 
 // stream reads the feed as Server-Sent Events until the stream ends.

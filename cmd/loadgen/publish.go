@@ -20,9 +20,11 @@ const statusTransportError = "error"
 // publisher sends the requests of a plan with a fixed number of concurrent
 // workers. Its counters may be read while run is in progress.
 type publisher struct {
-	client      *http.Client // used unless raw
-	base        string       // http://127.0.0.1:port
-	raw         bool         // one rawPoster connection per worker instead of client
+	client      *http.Client  // used unless raw
+	base        string        // http://127.0.0.1:port
+	path        string        // request target: /publish (the default when "") with its query
+	interval    time.Duration // > 0: requests are sent at this interval (a target rate), not as fast as possible
+	raw         bool          // one rawPoster connection per worker instead of client
 	plan        *plan
 	concurrency int
 	acks        *ackLog // nil: acknowledgements are not recorded
@@ -62,7 +64,8 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 		stopNew, cancel = context.WithTimeout(ctx, maxDuration)
 		defer cancel()
 	}
-	queue := &requestQueue{which: which, size: len(pb.plan.requests), stopNew: stopNew}
+	queue := &requestQueue{which: which, size: len(pb.plan.requests), stopNew: stopNew,
+		interval: pb.interval, start: time.Now()}
 	if which != nil {
 		queue.size = len(which)
 	}
@@ -80,10 +83,12 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 
 // requestQueue hands the requests of one run to its workers.
 type requestQueue struct {
-	which   []int // plan indices of the requests; nil: all, in order
-	size    int   // requests in the run
-	next    atomic.Int64
-	stopNew context.Context // no request is handed out once it ends
+	which    []int // plan indices of the requests; nil: all, in order
+	size     int   // requests in the run
+	next     atomic.Int64
+	stopNew  context.Context // no request is handed out once it ends
+	interval time.Duration   // > 0: request i is handed out no sooner than start + i*interval
+	start    time.Time
 }
 
 // take returns the plan index of the next request, or false when every
@@ -92,6 +97,17 @@ func (q *requestQueue) take() (int, bool) {
 	i := int(q.next.Add(1) - 1)
 	if i >= q.size || q.stopNew.Err() != nil {
 		return 0, false
+	}
+	if q.interval > 0 {
+		if wait := time.Until(q.start.Add(time.Duration(i) * q.interval)); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-q.stopNew.Done():
+				t.Stop()
+				return 0, false
+			}
+		}
 	}
 	if q.which != nil {
 		i = q.which[i]
@@ -208,10 +224,14 @@ func (pb *publisher) send(ctx context.Context, p poster, r *request) (int, time.
 
 // newPoster returns the poster of one worker.
 func (pb *publisher) newPoster() poster {
-	if pb.raw {
-		return &rawPoster{addr: strings.TrimPrefix(pb.base, "http://"), contentType: pb.plan.contentType}
+	path := pb.path
+	if path == "" {
+		path = "/publish"
 	}
-	return &stdPoster{client: pb.client, url: pb.base + "/publish", contentType: pb.plan.contentType}
+	if pb.raw {
+		return &rawPoster{addr: strings.TrimPrefix(pb.base, "http://"), path: path, contentType: pb.plan.contentType}
+	}
+	return &stdPoster{client: pb.client, url: pb.base + path, contentType: pb.plan.contentType}
 }
 
 // errShortAck is returned for a 200 whose enqueued count is not the number

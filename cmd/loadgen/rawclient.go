@@ -56,6 +56,7 @@ const maxResponse = 1 << 20
 // http.Transport, so the loadgen spends less of the shared CPU per request.
 type rawPoster struct {
 	addr        string // 127.0.0.1:port
+	path        string // request target, e.g. /publish
 	contentType string
 	conn        net.Conn
 	br          *bufio.Reader
@@ -93,7 +94,9 @@ func (r *rawPoster) post(ctx context.Context, body []byte) (int, []byte, error) 
 		r.closeConn()
 		return 0, nil, fmt.Errorf("%w: %w", errConnClosedByCancel, ctx.Err())
 	}
-	h := append(r.head[:0], "POST /publish HTTP/1.1\r\nHost: "...)
+	h := append(r.head[:0], "POST "...)
+	h = append(h, r.path...)
+	h = append(h, " HTTP/1.1\r\nHost: "...)
 	h = append(h, r.addr...)
 	h = append(h, "\r\nContent-Type: "...)
 	h = append(h, r.contentType...)
