@@ -26,31 +26,40 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request, _ httprouter.P
 		return
 	}
 	b := h.pools.get()
-	defer h.pools.put(b)
+	defer h.putBatch(b)
 
 	status, n := h.doPublish(w, r, b)
 	h.metrics.observePublish(status, n, time.Since(start))
 }
 
 func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (status, events int) {
-	if err := h.readBody(w, r, b); err != nil {
+	fail := func(err error) (int, int) {
 		h.fail(w, r, err)
 		return StatusOf(err), 0
 	}
-	if err := h.decode(b, isNDJSON(r.Header.Get("Content-Type"))); err != nil {
-		h.fail(w, r, err)
-		return StatusOf(err), 0
+	q, err := parsePublishQuery(r)
+	if err != nil {
+		return fail(err)
+	}
+	b.q = q
+	format, err := formatOf(r.Header.Get("Content-Type"))
+	if err != nil {
+		return fail(err)
+	}
+	if err := h.readBody(w, r, b); err != nil {
+		return fail(err)
+	}
+	if err := h.decode(b, format); err != nil {
+		return fail(err)
 	}
 	release, err := h.acquire(r.Context())
 	if err != nil {
-		h.fail(w, r, err)
-		return StatusOf(err), 0
+		return fail(err)
 	}
 	first, last, err := h.backend.Publish(r.Context(), b.events)
 	release()
 	if err != nil {
-		h.fail(w, r, err)
-		return StatusOf(err), 0
+		return fail(err)
 	}
 	n := len(b.events)
 	out := append(b.reply[:0], `{"enqueued":`...)
@@ -59,10 +68,30 @@ func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (s
 	out = strconv.AppendUint(out, first, 10)
 	out = append(out, `,"last_offset":`...)
 	out = strconv.AppendUint(out, last, 10)
+	if b.q.skipInvalid {
+		out = appendRejected(out, b)
+	}
 	out = append(out, "}\n"...)
 	b.reply = out
 	writeBody(w, http.StatusOK, out)
 	return http.StatusOK, n
+}
+
+// appendRejected appends the rejected events of invalid=skip: the count and
+// the problems (at most maxDetails of them, like the details of a 422).
+func appendRejected(out []byte, b *batch) []byte {
+	out = append(out, `,"rejected_events":`...)
+	out = strconv.AppendInt(out, int64(b.rejected), 10)
+	out = append(out, `,"rejected":`...)
+	details := b.details
+	if details == nil {
+		details = []event.Problem{}
+	}
+	list, err := json.Marshal(details)
+	if err != nil { // a []Problem always encodes
+		list = []byte("[]")
+	}
+	return append(out, list...)
 }
 
 // errBusy is the refusal of a publish request that found no free slot.
@@ -106,7 +135,11 @@ type eventsReply struct {
 
 // events serves GET /events?topic=&limit=&cursor=.
 func (h *Handler) events(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
-	qs := r.URL.Query()
+	qs, err := query(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	q := event.ListQuery{Topic: qs.Get("topic"), Cursor: qs.Get("cursor"), Limit: event.DefaultListLimit}
 	if s := qs.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
