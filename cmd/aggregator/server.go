@@ -193,6 +193,9 @@ func (s *Server) newHandler(be *backend, metrics *api.Metrics) *api.Handler {
 		InflightWait:       inflightWait,
 		Tokens:             cfg.Tokens,
 		MetricsOpen:        cfg.MetricsOpen,
+
+		MaxInflightBodyBytes: cfg.MaxInflightBodyBytes,
+		CORSOrigins:          splitList(cfg.CORSOrigins),
 	})
 }
 
@@ -212,9 +215,12 @@ func (s *Server) serve(h http.Handler, tlsConfig *tls.Config) (*httpStage, error
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
+	if tlsConfig == nil { // see framing.go
+		ln = framingListener{Listener: ln, maxHeader: cfg.MaxHeaderBytes + 4096 + 1}
+	}
 	web := &httpStage{
 		srv: &http.Server{
-			Handler:           h,
+			Handler:           closeAfterTransferEncoding(h),
 			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 			ReadTimeout:       cfg.ReadTimeout,
 			WriteTimeout:      cfg.WriteTimeout,
