@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -430,8 +431,14 @@ func (b *batch) name(idx int, field string, raw []byte, intern *string) string {
 	if !ok {
 		return ""
 	}
-	if msg := nameProblem(s); msg != "" {
-		b.problem(idx, field, msg)
+	// The body is valid UTF-8 already: the other rules of nameProblem.
+	switch {
+	case len(s) > event.MaxFieldBytes:
+		b.problem(idx, field, "must be at most "+strconv.Itoa(event.MaxFieldBytes)+" bytes")
+	case strings.TrimSpace(s) == "":
+		b.problem(idx, field, "must not be empty")
+	case hasControl(s):
+		b.problem(idx, field, "must not contain control characters (U+0000 to U+001F)")
 	}
 	return s
 }
