@@ -17,10 +17,11 @@ import (
 //
 // net/http removes Content-Length from the request it hands to a handler,
 // so the check runs on the connection: framingConn holds each request's
-// header block back until it is whole, looks for the two headers, and
-// returns an error instead of the block when both are there. net/http
-// answers a read error while reading a request with "400 Bad Request" and
-// closes the connection. To find the next header block it follows the
+// header block back until it is whole and looks for the two headers. When
+// both are there it returns only the request line (net/http peeks at a
+// kept-alive connection before reading the next request and closes it
+// silently if that fails) and then a read error, which net/http answers
+// with "400 Bad Request" before closing the connection. To find the next header block it follows the
 // framing net/http uses: Content-Length bytes of body, or no body. After a
 // chunked request it stops looking, and closeAfterTransferEncoding makes
 // that request the connection's last, so no later request goes unchecked.
