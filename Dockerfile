@@ -27,9 +27,18 @@ ENV AGG_ADDR=:8080 \
     AGG_LOG_FORMAT=json
 VOLUME ["/data"]
 EXPOSE 8080
+# The health check probes the port of AGG_ADDR (":8080", "0.0.0.0:9090",
+# "[::]:8080"; a wildcard or empty host is probed on 127.0.0.1), so set the
+# address through AGG_ADDR, not --addr.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD wget -q -O /dev/null http://127.0.0.1:8080/healthz || exit 1
+  CMD host="${AGG_ADDR%:*}"; port="${AGG_ADDR##*:}"; \
+      case "$host" in ""|0.0.0.0|"[::]") host=127.0.0.1;; esac; \
+      wget -q -O /dev/null "http://${host}:${port:-8080}/healthz" || exit 1
 # SIGTERM (docker stop) shuts down cleanly: in-flight requests finish, the log
-# and the index are closed, exit status 0.
+# and the index are closed, exit status 0. docker stop waits 10 s before
+# SIGKILL; --shutdown-timeout (default 8s) must stay below it: raise both
+# together (docker stop -t 30 with --shutdown-timeout 25s).
+# A bind-mounted data directory must belong to uid 10001 (the aggregator
+# user): chown 10001:10001 ./data before docker run -v "$PWD/data:/data".
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/aggregator"]

@@ -27,7 +27,10 @@ run:
 	@exec $(BIN_DIR)/aggregator --addr $(ADDR) --data-dir $(DATA_DIR)
 
 ## test: vet, then every test; with the race detector when cgo works (a C
-## compiler is there, as in CI), else without it, saying which
+## compiler is there, as in CI), else without it, saying which. Then the
+## interop module (interop/: Benthos and, when installed, syslog-ng against
+## the real binary), a module of its own so that Benthos' dependencies stay
+## out of the service's go.mod.
 test:
 	@if [ "$$($(GO) env CGO_ENABLED)" = 1 ] && command -v "$$($(GO) env CC)" >/dev/null 2>&1; then \
 		echo "make test: with the race detector"; race=-race; \
@@ -35,8 +38,11 @@ test:
 		echo "make test: no C compiler for cgo, so WITHOUT the race detector (install gcc to get it)"; race=; export CGO_ENABLED=0; \
 	fi; \
 	$(GO) vet ./... && $(GO) test $$race -count=1 ./...
+	@echo "make test: interop (builds Benthos: about a minute the first time)"
+	cd interop && $(GO) vet ./... && $(GO) test -count=1 ./...
 
-## test-short: the quick subset, without the end-to-end kill tests
+## test-short: the quick subset, without the end-to-end kill tests and
+## without the interop module
 test-short:
 	$(GO) test -short -count=1 ./...
 
@@ -49,6 +55,7 @@ lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
+	cd interop && $(GO) vet ./... && $(STATICCHECK) ./...
 
 ## drill: the crash drill of cmd/loadgen (kill -9 under load, restart, verify)
 drill:

@@ -127,6 +127,9 @@ const (
 	// DefaultInflightWait is how long a publish request waits for a free
 	// slot before it is refused with 429.
 	DefaultInflightWait = 250 * time.Millisecond
+	// DefaultMaxInflightBodyBytes bounds the body buffers of all requests
+	// together (see Options.MaxInflightBodyBytes).
+	DefaultMaxInflightBodyBytes = 256 << 20
 	// maxDetails bounds the details of one error reply.
 	maxDetails = 100
 )
@@ -159,6 +162,21 @@ type Options struct {
 	// 429 and Retry-After, having written nothing.
 	MaxInflightPublish int
 	InflightWait       time.Duration
+
+	// MaxInflightBodyBytes bounds the bytes of the body buffers of all
+	// publish requests at once (default DefaultMaxInflightBodyBytes;
+	// raised to MaxBodyBytes if lower). A buffer grows with the bytes that
+	// arrive, so a request that has sent only its headers holds a few KiB,
+	// whatever its Content-Length; a request whose next growth would pass
+	// the bound is refused at once with 429 and Retry-After (and the
+	// connection closed), having written nothing.
+	MaxInflightBodyBytes int64
+
+	// CORSOrigins are the origins (scheme://host[:port]) whose browser
+	// requests get CORS headers; none by default. A preflight (OPTIONS
+	// with Access-Control-Request-Method) from a listed origin is answered
+	// 204.
+	CORSOrigins []string
 
 	// Tokens protect the routes with bearer tokens (see Tokens); the zero
 	// value leaves every route open. MetricsOpen leaves GET /metrics open
@@ -214,6 +232,10 @@ func (o *Options) withDefaults() Options {
 	if r.InflightWait == 0 {
 		r.InflightWait = DefaultInflightWait
 	}
+	if r.MaxInflightBodyBytes <= 0 {
+		r.MaxInflightBodyBytes = DefaultMaxInflightBodyBytes
+	}
+	r.MaxInflightBodyBytes = max(r.MaxInflightBodyBytes, r.MaxBodyBytes+1)
 	return r
 }
 
@@ -234,6 +256,9 @@ type Handler struct {
 	// closing is closed by CloseStreams: open streams and long-polls end.
 	closing   chan struct{}
 	closeOnce sync.Once
+	budget    bodyBudget // bytes of the body buffers of requests in flight
+	decoders  decoders   // pooled decoders of the content codings
+	cors      *cors      // nil: no CORS headers
 }
 
 // New returns the HTTP handler of the API over b.
@@ -248,6 +273,8 @@ func New(b Backend, opts *Options) *Handler {
 		auth:     newAuthorizer(o.Tokens),
 		inflight: make(chan struct{}, o.MaxInflightPublish),
 		closing:  make(chan struct{}),
+		budget:   bodyBudget{limit: o.MaxInflightBodyBytes},
+		cors:     newCORS(o.CORSOrigins),
 	}
 
 	r := httprouter.New()
@@ -294,6 +321,9 @@ func (h *Handler) CloseStreams() { h.closeOnce.Do(func() { close(h.closing) }) }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.cors != nil && h.cors.handle(w, r) {
+		return
+	}
 	h.router.ServeHTTP(w, r)
 }
 
@@ -303,7 +333,12 @@ func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request, _ httprouter.P
 
 func (h *Handler) readyz(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
 	if err := h.backend.Ready(r.Context()); err != nil {
-		writeError(w, http.StatusServiceUnavailable, "not ready: "+err.Error(), nil)
+		// The reason as clients may see it (event.PublicMessage: no server
+		// paths); the whole error is logged, at most once a second.
+		if ok, skipped := h.refusals.allow(time.Now()); ok {
+			h.logger.Warn("not ready", "err", err, "refusals_not_logged", skipped)
+		}
+		writeError(w, http.StatusServiceUnavailable, "not ready: "+event.PublicMessage(err), nil)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})

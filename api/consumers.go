@@ -116,7 +116,7 @@ func (h *Handler) ackConsumer(w http.ResponseWriter, r *http.Request, ps httprou
 // page after the cursor's acked seq, of its topic. It does not move the
 // cursor: acknowledging is a separate, explicit step.
 func (h *Handler) consumerNext(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-	qs, err := parseQuery(r)
+	qs, err := query(r)
 	if err != nil {
 		h.fail(w, r, err)
 		return

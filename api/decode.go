@@ -5,10 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,9 +25,19 @@ type batch struct {
 	events    []event.Event
 	details   []event.Problem
 	problems  int
+	rejected  int // events with a problem
 	reply     []byte
 	lastTopic string
 	lastSrc   string
+
+	q       publishQuery
+	raw     rawBody // the body as sent, while it is read
+	charged int64   // bytes of the body budget this batch holds
+
+	// Scratch space of field mapping (mapping.go).
+	members []member
+	keys    [][]byte
+	canon   bytes.Buffer
 }
 
 // Pooled batches above these sizes are dropped instead of kept.
@@ -50,79 +56,36 @@ func (p *pools) get() *batch {
 }
 
 func (p *pools) put(b *batch) {
-	if cap(b.body) > poolMaxBody || b.compacted.Cap() > poolMaxBody || cap(b.events) > poolMaxEvents {
+	if cap(b.body) > poolMaxBody || b.compacted.Cap() > poolMaxBody || cap(b.events) > poolMaxEvents ||
+		b.canon.Cap() > poolMaxBody || cap(b.members) > poolMaxEvents {
 		return
 	}
 	clear(b.events)
 	b.events = b.events[:0]
 	b.details = b.details[:0]
-	b.problems = 0
+	b.problems, b.rejected = 0, 0
 	b.body = b.body[:0]
 	b.compacted.Reset()
 	b.lastTopic, b.lastSrc = "", ""
+	b.q = publishQuery{}
+	clear(b.members)
+	b.members = b.members[:0]
+	clear(b.keys)
+	b.keys = b.keys[:0]
+	b.canon.Reset()
 	p.batches.Put(b)
 }
 
-// readBody reads the request body into b.body, enforcing the size limit.
-func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, b *batch) error {
-	limit := h.opts.MaxBodyBytes
-	tooLarge := func() error {
-		// The rest of the body is not read: close the connection after
-		// the reply rather than drain it.
-		w.Header().Set("Connection", "close")
-		return event.Errorf(event.TooLarge, "body is larger than %d bytes", limit)
-	}
-	if r.ContentLength > limit {
-		return tooLarge()
-	}
-	want := 512
-	if r.ContentLength >= 0 {
-		want = int(r.ContentLength) + 1 // one more byte, to see EOF without growing
-	}
-	buf := slices.Grow(b.body[:0], want)
-	for {
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, min(len(buf), int(limit)+1-len(buf)))
-		}
-		n, err := r.Body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if int64(len(buf)) > limit {
-			b.body = buf[:0]
-			return tooLarge()
-		}
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			b.body = buf[:0]
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// The server's read timeout cut a slow sender: 408, which
-				// clients retry, and the connection closes.
-				w.Header().Set("Connection", "close")
-				return event.Errorf(event.Timeout, "body not received in time")
-			}
-			return badRequest("read body: " + err.Error())
-		}
-	}
-	b.body = buf
-	return nil
-}
-
-// isNDJSON reports whether the content type announces one event per line.
-func isNDJSON(contentType string) bool {
-	mt, _, _ := strings.Cut(contentType, ";")
-	mt = strings.TrimSpace(mt)
-	return strings.EqualFold(mt, "application/x-ndjson") ||
-		strings.EqualFold(mt, "application/ndjson") ||
-		strings.EqualFold(mt, "application/jsonl") ||
-		strings.EqualFold(mt, "application/x-jsonlines")
+// putBatch gives b's share of the body budget back and b to the pool.
+func (h *Handler) putBatch(b *batch) {
+	h.giveBudget(b, b.charged)
+	h.pools.put(b)
 }
 
 // decode parses and validates b.body into b.events. On any invalid event it
 // returns an event.InvalidEvents error with the problems and b.events must
-// be ignored.
-func (h *Handler) decode(b *batch, ndjson bool) error {
+// be ignored; with invalid=skip only when no event is valid.
+func (h *Handler) decode(b *batch, format bodyFormat) error {
 	body := b.body
 	if len(trimSpace(body)) == 0 {
 		return badRequest("empty body")
@@ -131,15 +94,26 @@ func (h *Handler) decode(b *batch, ndjson bool) error {
 		return badRequest("body is not valid UTF-8")
 	}
 	var err error
-	if ndjson {
+	switch t := trimSpace(body); {
+	case format == formatNDJSON:
 		err = h.decodeLines(b, body)
-	} else {
-		err = h.decodeJSON(b, trimSpace(body))
+	case format == formatSniff && t[0] == '{':
+		// NDJSON under another content type: the first line is a whole
+		// value and more follows; a single object stays JSON.
+		if json.Valid(t) {
+			err = h.decodeJSON(b, t, true)
+		} else if looksNDJSON(t) {
+			err = h.decodeLines(b, body)
+		} else {
+			err = badRequest(syntaxError(t))
+		}
+	default:
+		err = h.decodeJSON(b, t, false)
 	}
 	if err != nil {
 		return err
 	}
-	if b.problems > 0 {
+	if b.problems > 0 && (!b.q.skipInvalid || len(b.events) == 0) {
 		return &event.Error{
 			Kind:     event.InvalidEvents,
 			Message:  invalidMessage(b.problems, len(b.details)),
@@ -147,6 +121,13 @@ func (h *Handler) decode(b *batch, ndjson bool) error {
 		}
 	}
 	return nil
+}
+
+// looksNDJSON reports whether the body's first line is a whole JSON value
+// (so that the body is values one per line, not one value over many lines).
+func looksNDJSON(body []byte) bool {
+	i := bytes.IndexByte(body, '\n')
+	return i > 0 && json.Valid(trimSpace(body[:i]))
 }
 
 func invalidMessage(problems, listed int) string {
@@ -175,8 +156,10 @@ func (h *Handler) tooMany() error {
 	return event.Errorf(event.TooLarge, "more than %d events in one request", h.opts.MaxBatchEvents)
 }
 
-func (h *Handler) decodeJSON(b *batch, body []byte) error {
-	if !json.Valid(body) {
+// decodeJSON decodes one object or an array of objects; valid says that
+// json.Valid(body) is known to hold.
+func (h *Handler) decodeJSON(b *batch, body []byte, valid bool) error {
+	if !valid && !json.Valid(body) {
 		return badRequest(syntaxError(body))
 	}
 	switch body[0] {
@@ -202,6 +185,8 @@ func (h *Handler) decodeJSON(b *batch, body []byte) error {
 	}
 }
 
+// decodeLines decodes one event per line. A line that is not JSON fails
+// the request (400), or with invalid=skip is one more rejected event.
 func (h *Handler) decodeLines(b *batch, body []byte) error {
 	n := 0
 	for lineNo := 1; len(body) > 0; lineNo++ {
@@ -218,10 +203,15 @@ func (h *Handler) decodeLines(b *batch, body []byte) error {
 		if n == h.opts.MaxBatchEvents {
 			return h.tooMany()
 		}
-		if !json.Valid(line) {
+		switch {
+		case json.Valid(line):
+			h.decodeElement(b, n, line)
+		case b.q.skipInvalid:
+			b.problem(n, "", "line "+strconv.Itoa(lineNo)+": "+syntaxError(line))
+			b.rejected++
+		default:
 			return badRequest("line " + strconv.Itoa(lineNo) + ": " + syntaxError(line))
 		}
-		h.decodeElement(b, n, line)
 		n++
 	}
 	return nil
@@ -231,6 +221,7 @@ func (h *Handler) decodeLines(b *batch, body []byte) error {
 func (h *Handler) decodeElement(b *batch, idx int, elem []byte) {
 	if elem[0] != '{' {
 		b.problem(idx, "", "event must be a JSON object")
+		b.rejected++
 		return
 	}
 	h.decodeEvent(b, idx, elem)
@@ -243,44 +234,106 @@ func (b *batch) problem(idx int, field, msg string) {
 	}
 }
 
-// decodeEvent decodes and validates the valid JSON object obj and appends the
-// event to b.events, or records its problems.
-func (h *Handler) decodeEvent(b *batch, idx int, obj []byte) {
-	var topic, id, ts, src, payload []byte
+// fields are the raw values of an event object's members that mean
+// something to the service: the fields, the timestamp aliases, and whether
+// other members are there.
+type fields struct {
+	topic, id, ts, src, payload []byte
+	atTimestamp, time, date     []byte // timestamp aliases
+	others                      bool   // members of no other kind
+	badKey                      bool   // a member name with a lone surrogate escape
+}
+
+// scanFields finds the members of the valid JSON object obj. Later members
+// win, as in encoding/json; keys match exactly.
+func scanFields(obj []byte) fields {
+	var f fields
 	it := newObjectIter(obj)
 	for key, val, ok := it.next(); ok; key, val, ok = it.next() {
-		k := key[1 : len(key)-1]
-		if bytes.IndexByte(k, '\\') >= 0 {
-			var s string
-			if json.Unmarshal(key, &s) != nil {
-				continue
-			}
-			k = []byte(s)
+		k, good := memberName(key)
+		if !good {
+			f.badKey = true
+			continue
 		}
-		// Later members win, as in encoding/json; keys match exactly.
 		switch string(k) {
 		case "topic":
-			topic = val
+			f.topic = val
 		case "event_id":
-			id = val
+			f.id = val
 		case "timestamp":
-			ts = val
+			f.ts = val
 		case "source":
-			src = val
+			f.src = val
 		case "payload":
-			payload = val
+			f.payload = val
+		case "@timestamp":
+			f.atTimestamp = val
+		case "time":
+			f.time = val
+		case "date":
+			f.date = val
+		default:
+			f.others = true
 		}
 	}
+	return f
+}
+
+// memberName returns the unescaped text of the quoted JSON string key;
+// false when it holds a lone surrogate escape, which would unescape to
+// U+FFFD like any other lone surrogate.
+func memberName(key []byte) ([]byte, bool) {
+	k := key[1 : len(key)-1]
+	if bytes.IndexByte(k, '\\') < 0 {
+		return k, true
+	}
+	if hasLoneSurrogate(k) {
+		return nil, false
+	}
+	var s string
+	if json.Unmarshal(key, &s) != nil {
+		return nil, false
+	}
+	return []byte(s), true
+}
+
+// decodeEvent decodes and validates the valid JSON object obj, mapping the
+// fields as the query asks (mapping.go), and appends the event to b.events,
+// or records its problems.
+func (h *Handler) decodeEvent(b *batch, idx int, obj []byte) {
+	f := scanFields(obj)
 	before := b.problems
+	if f.badKey {
+		b.problem(idx, "", "member names must not contain lone surrogate escapes (\\ud800 to \\udfff)")
+	}
 	var e event.Event
-	e.Topic = b.name(idx, "topic", topic, &b.lastTopic)
-	e.EventID = b.name(idx, "event_id", id, nil)
-	e.Timestamp = b.timestamp(idx, ts)
-	e.Source = b.name(idx, "source", src, &b.lastSrc)
-	e.Payload = h.payload(b, idx, payload)
+	e.Topic = b.nameOr(idx, "topic", f.topic, b.q.topic, &b.lastTopic)
+	switch {
+	case f.id == nil && b.q.contentID:
+		e.EventID = b.contentID(obj, &f)
+	default:
+		e.EventID = b.name(idx, "event_id", f.id, nil)
+	}
+	var tsKey string
+	e.Timestamp, tsKey = b.eventTime(idx, &f)
+	e.Source = b.nameOr(idx, "source", f.src, b.q.source, &b.lastSrc)
+	e.Payload = h.payload(b, idx, f.payload)
+	if b.q.extraPayload && e.Payload != nil && (f.others || hasUnusedAlias(&f, tsKey)) {
+		e.Payload = h.withExtras(b, idx, obj, e.Payload, tsKey)
+	}
 	if b.problems == before {
 		b.events = append(b.events, e)
+	} else {
+		b.rejected++
 	}
+}
+
+// nameOr is name, with def for a missing field when def is not "".
+func (b *batch) nameOr(idx int, field string, raw []byte, def string, intern *string) string {
+	if raw == nil && def != "" {
+		return def
+	}
+	return b.name(idx, field, raw, intern)
 }
 
 // str decodes the JSON string raw; ok is false (and a problem recorded) when
@@ -311,6 +364,12 @@ func (b *batch) str(idx int, field string, raw []byte, intern *string) (string, 
 		b.problem(idx, field, "must be at most "+strconv.Itoa(event.MaxFieldBytes)+" bytes")
 		return "", false
 	}
+	// encoding/json turns a lone surrogate into U+FFFD, so \ud800 and
+	// \udc00 would be the same id: refuse them instead.
+	if hasLoneSurrogate(inner) {
+		b.problem(idx, field, "must not contain lone surrogate escapes (\\ud800 to \\udfff)")
+		return "", false
+	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
 		b.problem(idx, field, "must be a string")
@@ -319,12 +378,60 @@ func (b *batch) str(idx int, field string, raw []byte, intern *string) (string, 
 	return s, true
 }
 
+// hasLoneSurrogate reports whether the inside of a valid JSON string has a
+// \u escape of a UTF-16 surrogate that is not a high one followed by an
+// escaped low one.
+func hasLoneSurrogate(s []byte) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' {
+			continue
+		}
+		i++
+		if s[i] != 'u' {
+			continue
+		}
+		r := hex4(s[i+1 : i+5])
+		i += 4
+		switch {
+		case r < 0xd800 || r > 0xdfff:
+		case r >= 0xdc00:
+			return true // a low surrogate first
+		case i+6 < len(s) && s[i+1] == '\\' && s[i+2] == 'u':
+			if lo := hex4(s[i+3 : i+7]); lo < 0xdc00 || lo > 0xdfff {
+				return true
+			}
+			i += 6
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+// hex4 decodes four hex digits (valid JSON guarantees them).
+func hex4(h []byte) rune {
+	var r rune
+	for _, c := range h {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		default:
+			c -= 'A' - 10
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
+}
+
 // name decodes and checks topic, event_id or source.
 func (b *batch) name(idx int, field string, raw []byte, intern *string) string {
 	s, ok := b.str(idx, field, raw, intern)
 	if !ok {
 		return ""
 	}
+	// The body is valid UTF-8 already: the other rules of nameProblem.
 	switch {
 	case len(s) > event.MaxFieldBytes:
 		b.problem(idx, field, "must be at most "+strconv.Itoa(event.MaxFieldBytes)+" bytes")
@@ -347,23 +454,30 @@ func hasControl(s string) bool {
 
 const badTimestamp = "must be an RFC 3339 time with a zone (Z or ±hh:mm), e.g. 2025-10-20T12:00:00Z"
 
-func (b *batch) timestamp(idx int, raw []byte) time.Time {
+// timestamp parses the RFC 3339 string of field.
+func (b *batch) timestamp(idx int, field string, raw []byte) time.Time {
 	if raw != nil && raw[0] == '"' && len(raw) > 2+64 {
-		b.problem(idx, "timestamp", badTimestamp)
+		b.problem(idx, field, badTimestamp)
 		return time.Time{}
 	}
-	s, ok := b.str(idx, "timestamp", raw, nil)
+	s, ok := b.str(idx, field, raw, nil)
 	if !ok {
 		return time.Time{}
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
-		b.problem(idx, "timestamp", badTimestamp)
+		b.problem(idx, field, badTimestamp)
 		return time.Time{}
 	}
+	return b.inRange(idx, field, t)
+}
+
+// inRange returns t in UTC, or records a problem when it is outside the
+// years 0000 to 9999.
+func (b *batch) inRange(idx int, field string, t time.Time) time.Time {
 	t = t.UTC()
 	if y := t.Year(); y < 0 || y > 9999 {
-		b.problem(idx, "timestamp", "must be between years 0000 and 9999 in UTC")
+		b.problem(idx, field, "must be between years 0000 and 9999 in UTC")
 		return time.Time{}
 	}
 	return t
@@ -378,6 +492,12 @@ func (h *Handler) payload(b *batch, idx int, raw []byte) json.RawMessage {
 		b.problem(idx, "payload", "must be a JSON object")
 		return nil
 	}
+	return h.checkPayload(b, idx, raw)
+}
+
+// checkPayload checks the size and depth of the object raw and returns it
+// compact (in b.compacted when it had spaces).
+func (h *Handler) checkPayload(b *batch, idx int, raw []byte) json.RawMessage {
 	if len(raw) > h.opts.MaxPayloadBytes {
 		b.problem(idx, "payload", "must be at most "+strconv.Itoa(h.opts.MaxPayloadBytes)+" bytes")
 		return nil

@@ -96,7 +96,13 @@ func FuzzPublish(f *testing.F) {
 		if nd {
 			ct = ndjson
 		}
-		rec := do(t, h, http.MethodPost, "/publish", ct, body)
+		// Every other input also goes through the field mapping of the
+		// query (defaults, aliases, content ids, extras, skipping).
+		target := "/publish"
+		if len(body)%2 == 1 {
+			target = "/publish?topic=ft&source=fs&id=content&extra=payload&invalid=skip"
+		}
+		rec := do(t, h, http.MethodPost, target, ct, body)
 		switch rec.Code {
 		case 200:
 		case 400, 413, 422:

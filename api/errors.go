@@ -27,6 +27,8 @@ func StatusOf(err error) int {
 		return http.StatusUnprocessableEntity
 	case event.TooLarge:
 		return http.StatusRequestEntityTooLarge
+	case event.UnsupportedMediaType:
+		return http.StatusUnsupportedMediaType
 	case event.Timeout:
 		return http.StatusRequestTimeout
 	case event.Unauthorized:
@@ -50,12 +52,14 @@ func StatusOf(err error) int {
 
 func badRequest(msg string) *event.Error { return &event.Error{Kind: event.Invalid, Message: msg} }
 
-// fail writes the reply for err: its status, its message (never for a
-// server error, whose text is logged here, once) and, for a refused
-// credential, the challenge. Refusals are logged at most once a second.
+// fail writes the reply for err: its status, its public message
+// (event.PublicMessage: never a cause such as an I/O error naming a server
+// path, and nothing at all for a server error, whose text is logged here,
+// once) and, for a refused credential, the challenge. Refusals are logged,
+// with the whole error, at most once a second.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := StatusOf(err)
-	msg := err.Error()
+	msg := event.PublicMessage(err)
 	var details []event.Problem
 	var e *event.Error
 	if errors.As(err, &e) {

@@ -22,7 +22,7 @@ type feedParams struct {
 // parseFeed reads after, limit, topic and wait, and the SSE choice (Accept:
 // text/event-stream, resuming after Last-Event-ID when it is sent).
 func parseFeed(r *http.Request) (feedParams, error) {
-	qs, err := parseQuery(r)
+	qs, err := query(r)
 	if err != nil {
 		return feedParams{}, err
 	}

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -23,44 +24,51 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request, _ httprouter.P
 		return
 	}
 	b := h.pools.get()
-	defer h.pools.put(b)
+	defer h.putBatch(b)
 
 	status, n := h.doPublish(w, r, b)
 	h.metrics.observePublish(status, n, time.Since(start))
 }
 
 func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (status, events int) {
-	pq, err := parsePublish(r)
-	if err != nil {
+	fail := func(err error) (int, int) {
 		h.fail(w, r, err)
 		return StatusOf(err), 0
+	}
+	q, err := parsePublishQuery(r)
+	if err != nil {
+		return fail(err)
+	}
+	b.q = q
+	format, err := formatOf(r.Header.Get("Content-Type"))
+	if err != nil {
+		return fail(err)
 	}
 	if err := h.readBody(w, r, b); err != nil {
-		h.fail(w, r, err)
-		return StatusOf(err), 0
+		return fail(err)
 	}
-	if err := h.decode(b, isNDJSON(r.Header.Get("Content-Type"))); err != nil {
-		h.fail(w, r, err)
-		return StatusOf(err), 0
+	if err := h.decode(b, format); err != nil {
+		return fail(err)
 	}
 	release, err := h.acquire(r.Context())
 	if err != nil {
-		h.fail(w, r, err)
-		return StatusOf(err), 0
+		return fail(err)
 	}
 	first, last, err := h.backend.Publish(r.Context(), b.events)
 	release()
 	if err != nil {
-		h.fail(w, r, err)
-		return StatusOf(err), 0
+		return fail(err)
 	}
 	n := len(b.events)
 	out := append(b.reply[:0], `{"enqueued":`...)
 	out = strconv.AppendInt(out, int64(n), 10)
 	out = appendUintField(out, "first_offset", first)
 	out = appendUintField(out, "last_offset", last)
+	if b.q.skipInvalid {
+		out = appendRejected(out, b)
+	}
 	status = http.StatusOK
-	if pq.waitApplied {
+	if b.q.waitApplied && n > 0 {
 		if out, err = h.appendVerdicts(r, out, first, last, b.events); err != nil {
 			status = http.StatusAccepted // durable, verdict unknown
 			out = append(out, `,"applied":false`...)
@@ -72,28 +80,21 @@ func (h *Handler) doPublish(w http.ResponseWriter, r *http.Request, b *batch) (s
 	return status, n
 }
 
-// publishParams are the query parameters of POST /publish.
-type publishParams struct {
-	waitApplied bool // wait=applied: answer with each event's verdict
-}
-
-func parsePublish(r *http.Request) (publishParams, error) {
-	var p publishParams
-	if r.URL.RawQuery == "" {
-		return p, nil
+// appendRejected appends the rejected events of invalid=skip: the count and
+// the problems (at most maxDetails of them, like the details of a 422).
+func appendRejected(out []byte, b *batch) []byte {
+	out = append(out, `,"rejected_events":`...)
+	out = strconv.AppendInt(out, int64(b.rejected), 10)
+	out = append(out, `,"rejected":`...)
+	details := b.details
+	if details == nil {
+		details = []event.Problem{}
 	}
-	qs, err := parseQuery(r)
-	if err != nil {
-		return p, err
+	list, err := json.Marshal(details)
+	if err != nil { // a []Problem always encodes
+		list = []byte("[]")
 	}
-	switch qs.Get("wait") {
-	case "":
-	case "applied":
-		p.waitApplied = true
-	default:
-		return p, badRequest(`wait must be "applied"`)
-	}
-	return p, nil
+	return append(out, list...)
 }
 
 // appendVerdicts waits (up to ApplyWait) until the batch is applied and
@@ -167,7 +168,7 @@ func (h *Handler) release() {
 // events serves GET /events?topic=&limit=&cursor=: a page of unique events
 // in (timestamp, offset) order, streamed (see page).
 func (h *Handler) events(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
-	qs, err := parseQuery(r)
+	qs, err := query(r)
 	if err != nil {
 		h.fail(w, r, err)
 		return

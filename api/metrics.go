@@ -22,6 +22,8 @@ type Metrics struct {
 	publish  *prometheus.HistogramVec
 	byCode   map[int]prometheus.Observer // curried publish histograms of the usual codes (read-only)
 	inflight prometheus.Gauge
+	// bodyBytes is the share of the body budget in use.
+	bodyBytes prometheus.Gauge
 }
 
 // NewMetrics registers the API's metrics on reg and returns them. A nil reg
@@ -47,12 +49,16 @@ func NewMetrics(reg *prometheus.Registry) (*Metrics, error) {
 			Name: "aggregator_publish_inflight",
 			Help: "Publish requests holding a write-path slot (validated, handed to the log).",
 		}),
+		bodyBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aggregator_publish_body_bytes",
+			Help: "Bytes of the body buffers held by publish requests in flight (bounded by --max-inflight-body-bytes).",
+		}),
 	}
 	m.byCode = map[int]prometheus.Observer{}
-	for _, code := range []int{200, 400, 404, 405, 413, 422, 429, 500, 503} {
+	for _, code := range []int{200, 400, 404, 405, 413, 415, 422, 429, 500, 503} {
 		m.byCode[code] = m.publish.WithLabelValues(strconv.Itoa(code))
 	}
-	for _, c := range []prometheus.Collector{m.received, m.publish, m.inflight} {
+	for _, c := range []prometheus.Collector{m.received, m.publish, m.inflight, m.bodyBytes} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -23,7 +23,7 @@ type topicItem struct {
 // their lifetime counts of unique events, a page at a time (the cursor is
 // opaque: the last topic of the previous page).
 func (h *Handler) topics(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
-	qs, err := parseQuery(r)
+	qs, err := query(r)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -24,6 +24,9 @@ const (
 	InvalidEvents
 	// TooLarge is a body or batch over a limit (413).
 	TooLarge
+	// UnsupportedMediaType is a body in a content coding the service does
+	// not decode (415).
+	UnsupportedMediaType
 	// Timeout is a body that did not arrive in time (408).
 	Timeout
 	// Unauthorized is a request without a known credential (401).
@@ -72,6 +75,18 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// PublicMessage returns the text of err that a client may be shown: err's
+// text, except that when err wraps an *Error with a cause (Err), only that
+// Error's Message. A cause may name server paths and other internals (an
+// *fs.PathError from a full disk); it is for the logs.
+func PublicMessage(err error) string {
+	var e *Error
+	if errors.As(err, &e) && e.Err != nil {
+		return e.Message
+	}
+	return err.Error()
+}
 
 // Errorf returns an *Error of kind k with a formatted message.
 func Errorf(k Kind, format string, args ...any) *Error {

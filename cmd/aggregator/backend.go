@@ -156,13 +156,32 @@ func (b *backend) unreserve(n uint64, bytes int64) {
 	b.mu.Unlock()
 }
 
-// walError marks the log's refusals as event.ErrUnavailable (503, retry).
+// walError marks the log's refusals as unavailable (503, retry). The
+// client sees what went wrong but not the I/O error itself, which names
+// files of the data directory: that stays the cause, for the logs.
 func walError(err error) error {
 	if errors.Is(err, wal.ErrClosed) || errors.Is(err, wal.ErrUnavailable) ||
 		errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EIO) {
-		return fmt.Errorf("%w: %w", event.ErrUnavailable, err)
+		return &event.Error{Kind: event.Unavailable, Message: "log cannot write: " + ioReason(err), Err: err}
 	}
 	return err
+}
+
+// ioReason says in words without paths why the log refused: its files were
+// removed or replaced, the errno's text ("no space left on device"),
+// shutting down, or an I/O error.
+func ioReason(err error) string {
+	var errno syscall.Errno
+	switch {
+	case errors.Is(err, wal.ErrClosed):
+		return "shutting down"
+	case errors.Is(err, wal.ErrRemoved):
+		return "its files were removed or replaced while running; restart the server"
+	case errors.As(err, &errno):
+		return errno.Error()
+	default:
+		return "I/O error"
+	}
 }
 
 // Stats combines the index's counters with the log's offsets. The index is
@@ -206,7 +225,7 @@ func (b *backend) Stats(context.Context) (api.Stats, error) {
 // consumer's last attempt succeeded.
 func (b *backend) Ready(context.Context) error {
 	if err := b.appender.Writable(); err != nil {
-		return fmt.Errorf("log: %w", err)
+		return walError(err)
 	}
 	c := b.consumer.Load()
 	if c == nil {

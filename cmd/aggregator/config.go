@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -60,6 +61,13 @@ type Config struct {
 	// then gets 429.
 	MaxInflightPublish int
 	InflightWait       time.Duration
+	// MaxInflightBodyBytes bounds the body buffers of all requests at
+	// once (429 when a body would pass it).
+	MaxInflightBodyBytes int64
+
+	// CORSOrigins is a comma-separated list of the browser origins that
+	// get CORS headers ("": CORS off). A string keeps Config comparable.
+	CORSOrigins string
 
 	// Access control: the tokens (resolved from the flags, the environment
 	// or the token files) and whether /metrics stays open.
@@ -90,45 +98,64 @@ type Config struct {
 // 256-byte payloads.
 const DefaultMaxLag = 5_000_000
 
+// DefaultShutdownTimeout is below the 10 s that docker stop (and so a
+// plain docker run or compose) waits before SIGKILL, leaving time to close
+// the log and the index after the requests in flight.
+const DefaultShutdownTimeout = 8 * time.Second
+
 func defaultConfig() Config {
 	return Config{
-		Addr:               ":8080",
-		DataDir:            "./data",
-		LogFormat:          "text",
-		LogLevel:           slog.LevelInfo,
-		LockTimeout:        time.Second,
-		MaxBodyBytes:       api.DefaultMaxBodyBytes,
-		MaxBatchEvents:     api.DefaultMaxBatchEvents,
-		MaxPayloadBytes:    api.DefaultMaxPayloadBytes,
-		MaxPayloadDepth:    api.DefaultMaxPayloadDepth,
-		MaxStatsTopics:     api.DefaultMaxStatsTopics,
-		MaxPageBytes:       api.DefaultMaxPageBytes,
-		MaxConsumers:       dedup.DefaultMaxCursors,
-		ApplyWait:          api.DefaultApplyWait,
-		MaxInflightPublish: api.DefaultMaxInflightPublish,
-		InflightWait:       api.DefaultInflightWait,
-		MaxLag:             DefaultMaxLag,
-		MaxHeaderBytes:     64 << 10,
-		ReadHeaderTimeout:  10 * time.Second,
-		ReadTimeout:        60 * time.Second,
-		WriteTimeout:       60 * time.Second,
-		IdleTimeout:        120 * time.Second,
-		ShutdownTimeout:    20 * time.Second,
+		Addr:                 ":8080",
+		DataDir:              "./data",
+		LogFormat:            "text",
+		LogLevel:             slog.LevelInfo,
+		LockTimeout:          time.Second,
+		MaxBodyBytes:         api.DefaultMaxBodyBytes,
+		MaxBatchEvents:       api.DefaultMaxBatchEvents,
+		MaxPayloadBytes:      api.DefaultMaxPayloadBytes,
+		MaxPayloadDepth:      api.DefaultMaxPayloadDepth,
+		MaxStatsTopics:       api.DefaultMaxStatsTopics,
+		MaxPageBytes:         api.DefaultMaxPageBytes,
+		MaxConsumers:         dedup.DefaultMaxCursors,
+		ApplyWait:            api.DefaultApplyWait,
+		MaxInflightPublish:   api.DefaultMaxInflightPublish,
+		InflightWait:         api.DefaultInflightWait,
+		MaxInflightBodyBytes: api.DefaultMaxInflightBodyBytes,
+		MaxLag:               DefaultMaxLag,
+		MaxHeaderBytes:       64 << 10,
+		ReadHeaderTimeout:    10 * time.Second,
+		ReadTimeout:          60 * time.Second,
+		WriteTimeout:         60 * time.Second,
+		IdleTimeout:          120 * time.Second,
+		ShutdownTimeout:      DefaultShutdownTimeout,
 	}
 }
 
+// errVersion is returned by parseConfig after printing the version.
+var errVersion = errors.New("version requested")
+
+// noEnv are the flags without an environment variable.
+var noEnv = map[string]bool{"version": true}
+
 // parseConfig parses the command line; every flag falls back to its AGG_*
-// environment variable (read through getenv), then to its default. It
-// returns flag.ErrHelp after printing the usage for -h and --help.
-func parseConfig(args []string, getenv func(string) string, out io.Writer) (Config, error) {
+// environment variable (read through getenv), then to its default. For -h
+// and --help it prints the usage to stdout and returns flag.ErrHelp; for
+// --version it prints the version to stdout and returns errVersion.
+func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (Config, error) {
 	c := defaultConfig()
 	fs := flag.NewFlagSet("aggregator", flag.ContinueOnError)
-	fs.SetOutput(out)
+	var usage strings.Builder
+	fs.SetOutput(&usage) // printed only for --help; an error says it all
 	level := strings.ToLower(c.LogLevel.String())
 	expected := uint64(c.BloomExpectedKeys)
 	var tokens, tokenFiles [3]string // publish, read, admin
 	registerFlags(fs, &c, &level, &expected, &tokens, &tokenFiles)
-	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + envName(f.Name) + "]" })
+	version := fs.Bool("version", false, "print the version and exit")
+	fs.VisitAll(func(f *flag.Flag) {
+		if !noEnv[f.Name] {
+			f.Usage += " [$" + envName(f.Name) + "]"
+		}
+	})
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: aggregator [flags]\n\n"+
 			"A crash-safe HTTP event aggregator. Every flag falls back to the environment\n"+
@@ -136,7 +163,14 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			_, _ = io.WriteString(stdout, usage.String())
+		}
 		return Config{}, err
+	}
+	if *version {
+		_, _ = io.WriteString(stdout, versionText())
+		return Config{}, errVersion
 	}
 	if err := applyEnv(fs, getenv); err != nil {
 		return Config{}, err
@@ -155,6 +189,42 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	return c, c.validate()
 }
 
+// splitList splits a comma-separated list, dropping blanks.
+func splitList(s string) []string {
+	var out []string
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+// versionText is what --version prints: the module version and the Go
+// version the binary was built with, and the VCS revision when the build
+// recorded one.
+func versionText() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "aggregator (no build information)\n"
+	}
+	text := "aggregator " + bi.Main.Version + " " + bi.GoVersion
+	settings := map[string]string{}
+	for _, s := range bi.Settings {
+		settings[s.Key] = s.Value
+	}
+	if rev := settings["vcs.revision"]; rev != "" {
+		text += " revision " + rev
+		if t := settings["vcs.time"]; t != "" {
+			text += " " + t
+		}
+		if settings["vcs.modified"] == "true" {
+			text += " (modified)"
+		}
+	}
+	return text + "\n"
+}
+
 // envName is the environment variable of a flag: AGG_ and the flag's name
 // in upper case with dashes as underscores (--data-dir: AGG_DATA_DIR).
 func envName(flagName string) string {
@@ -168,6 +238,9 @@ func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
+		if noEnv[f.Name] {
+			return
+		}
 		env := envName(f.Name)
 		v := strings.TrimSpace(getenv(env))
 		if given[f.Name] || v == "" {
@@ -209,11 +282,13 @@ func registerFlags(fs *flag.FlagSet, c *Config, level *string, expected *uint64,
 	fs.Int64Var(&c.MaxWALBytes, "max-wal-bytes", c.MaxWALBytes, "answer 429 to publishers while the log's segment files hold more bytes (0: no bound; else at least twice the segment size)")
 	fs.IntVar(&c.MaxInflightPublish, "max-inflight-publish", c.MaxInflightPublish, "publish requests on the write path at once (read and validated, waiting for the log)")
 	fs.DurationVar(&c.InflightWait, "inflight-wait", c.InflightWait, "how long a publish request waits for a free slot before 429 (0: not at all)")
+	fs.Int64Var(&c.MaxInflightBodyBytes, "max-inflight-body-bytes", c.MaxInflightBodyBytes, "bytes of request bodies held in memory at once, all requests together (429 above; at least --max-body-bytes)")
 
 	for i, scope := range []string{"publish", "read", "admin"} {
 		fs.Var((*secretValue)(&tokens[i]), scope+"-token", "bearer token for "+tokenUse[i]+" (prefer the environment or --"+scope+"-token-file: flags show in ps)")
 		fs.StringVar(&tokenFiles[i], scope+"-token-file", "", "file holding the "+scope+" token (surrounding whitespace is trimmed)")
 	}
+	fs.StringVar(&c.CORSOrigins, "cors-origin", c.CORSOrigins, "comma-separated browser origins (scheme://host[:port]) that get CORS headers (none: CORS off)")
 	fs.BoolVar(&c.MetricsOpen, "metrics-open", c.MetricsOpen, "serve /metrics without a token even when reading needs one")
 	fs.StringVar(&c.DebugAddr, "debug-addr", c.DebugAddr, "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060; no tokens there: keep it on loopback)")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "serve HTTPS: PEM certificate chain file (with --tls-key)")
@@ -256,7 +331,7 @@ func (c *Config) validate() error {
 		"max page bytes": int64(c.MaxPageBytes), "max topics": int64(c.MaxTopics),
 		"max consumers": int64(c.MaxConsumers), "apply wait": int64(c.ApplyWait),
 		"max inflight publish": int64(c.MaxInflightPublish), "inflight wait": int64(c.InflightWait),
-		"max header bytes": int64(c.MaxHeaderBytes),
+		"max header bytes": int64(c.MaxHeaderBytes), "max inflight body bytes": c.MaxInflightBodyBytes,
 	} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s %d: must not be negative", name, v))
@@ -270,6 +345,15 @@ func (c *Config) validate() error {
 		// Retention frees whole segments behind the consumer, so the log
 		// holds up to a segment even when the consumer is caught up.
 		errs = append(errs, fmt.Errorf("max wal bytes %d: want 0 (no bound) or at least twice the segment size (%d)", c.MaxWALBytes, 2*seg))
+	}
+	if c.MaxInflightBodyBytes > 0 && c.MaxInflightBodyBytes < c.MaxBodyBytes {
+		errs = append(errs, fmt.Errorf("max inflight body bytes %d: want at least max body bytes (%d), or no body of that size could be received",
+			c.MaxInflightBodyBytes, c.MaxBodyBytes))
+	}
+	for _, o := range splitList(c.CORSOrigins) {
+		if why := api.ValidOrigin(o); why != "" {
+			errs = append(errs, fmt.Errorf("cors origin %q: %s", o, why))
+		}
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("tls: --tls-cert and --tls-key go together"))

@@ -87,11 +87,49 @@ func TestHelpListsEveryFlagWithItsEnv(t *testing.T) {
 			t.Errorf("--help lacks %q", want)
 		}
 	}
-	if code := run([]string{"--help"}, envOf(nil), &bytes.Buffer{}); code != 0 {
-		t.Errorf("--help exits %d", code)
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"--help"}, envOf(nil), &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "Usage: aggregator") || stderr.Len() != 0 {
+		t.Errorf("--help exits %d, stdout %d bytes, stderr %q: want 0 with the usage on stdout", code, stdout.Len(), stderr.String())
 	}
-	var stderr bytes.Buffer
-	if code := run([]string{"--nope"}, envOf(nil), &stderr); code != 2 {
+	stdout.Reset()
+	if code := run([]string{"--nope"}, envOf(nil), &stdout, &stderr); code != 2 || stdout.Len() != 0 || !strings.Contains(stderr.String(), "nope") {
 		t.Errorf("bad flag exits %d, want 2", code)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	// AGG_VERSION is not the --version flag: a container may well set it.
+	if code := run([]string{"--version"}, envOf(map[string]string{"AGG_VERSION": "x"}), &stdout, &stderr); code != 0 {
+		t.Fatalf("--version exits %d: %s", code, stderr.String())
+	}
+	if out := stdout.String(); !strings.HasPrefix(out, "aggregator ") || !strings.Contains(out, "go1.") || stderr.Len() != 0 {
+		t.Fatalf("--version printed %q (stderr %q)", out, stderr.String())
+	}
+	if _, err := parseConfig(nil, envOf(map[string]string{"AGG_VERSION": "true"}), &stdout); err != nil {
+		t.Fatalf("AGG_VERSION set: %v", err)
+	}
+}
+
+func TestParseConfigInputFlags(t *testing.T) {
+	c, err := parseConfig([]string{"--cors-origin", "https://a.example, http://localhost:3000", "--max-inflight-body-bytes", "16777216"},
+		envOf(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := splitList(c.CORSOrigins); len(got) != 2 || got[1] != "http://localhost:3000" || c.MaxInflightBodyBytes != 16<<20 {
+		t.Fatalf("config %+v", c)
+	}
+	if d := defaultConfig(); d.MaxInflightBodyBytes != 256<<20 || d.ShutdownTimeout >= 10*time.Second {
+		t.Fatalf("defaults: body budget %d, shutdown timeout %v (must stay under docker stop's 10s)", d.MaxInflightBodyBytes, d.ShutdownTimeout)
+	}
+	for _, tc := range []struct{ args []string }{
+		{[]string{"--cors-origin", "*"}},
+		{[]string{"--cors-origin", "https://a.example/path"}},
+		{[]string{"--max-inflight-body-bytes", "1000"}}, // below --max-body-bytes
+	} {
+		if _, err := parseConfig(tc.args, envOf(nil), &bytes.Buffer{}); err == nil {
+			t.Errorf("%v: accepted", tc.args)
+		}
 	}
 }

@@ -34,9 +34,14 @@ func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 
 	fillDisk(t, filepath.Join(mnt, "filler-1"))
 	// Large enough to need pages the full disk does not have.
-	status, retry := publishBig(t, ts, 2, 256<<10)
+	status, retry, reply := publishBig(t, ts, 2, 256<<10)
 	if status != http.StatusServiceUnavailable || retry == "" {
 		t.Fatalf("publish on a full disk: %d (Retry-After %q), want 503 with Retry-After", status, retry)
+	}
+	// The reason is named, the files of the data directory are not (the
+	// whole error is in the server's log).
+	if !strings.Contains(reply, "no space left on device") || strings.Contains(reply, mnt) {
+		t.Fatalf("publish on a full disk: body %s: want the reason without a server path", reply)
 	}
 	// The failed write was cut back, and the recovery's small probe may
 	// have found that room: take it too, so that the next commit fails and
@@ -45,8 +50,12 @@ func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 	if status, _ := ts.do(http.MethodPost, "/publish", "application/json", mustJSON(t, makeEvent(3, "disk"))); status != http.StatusServiceUnavailable {
 		t.Fatalf("second publish on a full disk: %d", status)
 	}
-	if status, body := ts.do(http.MethodGet, "/readyz", "", nil); status != http.StatusServiceUnavailable || !strings.Contains(string(body), "no space") {
-		t.Fatalf("readyz on a full disk: %d %s", status, body)
+	if status, body := ts.do(http.MethodGet, "/readyz", "", nil); status != http.StatusServiceUnavailable ||
+		!strings.Contains(string(body), "no space") || strings.Contains(string(body), mnt) {
+		t.Fatalf("readyz on a full disk: %d %s: want 503 naming the reason, not a path", status, body)
+	}
+	if !strings.Contains(ts.logs.String(), mnt) {
+		t.Fatalf("the server's log does not have the full error with its path:\n%s", ts.logs.String())
 	}
 	if status, _ := ts.do(http.MethodGet, "/events", "", nil); status != http.StatusOK {
 		t.Fatalf("reads on a full disk: %d", status)
@@ -91,7 +100,7 @@ func TestDiskNearlyFullTakesWhatFits(t *testing.T) {
 	if err := os.Truncate(filler, fi.Size()-64<<10); err != nil {
 		t.Fatal(err)
 	}
-	if status, _ := publishBig(t, ts, 2, 256<<10); status != http.StatusServiceUnavailable {
+	if status, _, _ := publishBig(t, ts, 2, 256<<10); status != http.StatusServiceUnavailable {
 		t.Fatalf("256 KiB publish with 64 KiB free: %d, want 503", status)
 	}
 	if status, body := ts.do(http.MethodGet, "/readyz", "", nil); status != http.StatusOK {
@@ -170,7 +179,7 @@ func mountTmpfs(t *testing.T, size string) string {
 
 // publishBig publishes event i with a payload of pad bytes and returns the
 // status and the Retry-After header.
-func publishBig(t *testing.T, ts *testServer, i, pad int) (int, string) {
+func publishBig(t *testing.T, ts *testServer, i, pad int) (status int, retryAfter, body string) {
 	t.Helper()
 	big := makeEvent(i, "disk")
 	big["payload"] = map[string]any{"pad": strings.Repeat("x", pad)}
@@ -179,8 +188,9 @@ func publishBig(t *testing.T, ts *testServer, i, pad int) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reply, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode, resp.Header.Get("Retry-After")
+	return resp.StatusCode, resp.Header.Get("Retry-After"), string(reply)
 }
 
 // listedIDs returns the event IDs listed for topic.

@@ -23,18 +23,19 @@ import (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Getenv, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
 // run parses the flags and runs the server until SIGINT or SIGTERM; it returns
-// the exit status.
-func run(args []string, getenv func(string) string, stderr io.Writer) int {
-	cfg, err := parseConfig(args, getenv, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+// the exit status. --help and --version print to stdout and exit 0.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, getenv, stdout)
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersion) {
 		return 0
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "aggregator:", err)
+		fmt.Fprintln(stderr, "aggregator --help lists the flags")
 		return 2
 	}
 	logger := newLogger(cfg, stderr)

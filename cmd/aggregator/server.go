@@ -208,6 +208,9 @@ func (s *Server) newHandler(be *backend, metrics *api.Metrics) *api.Handler {
 		InflightWait:       inflightWait,
 		Tokens:             cfg.Tokens,
 		MetricsOpen:        cfg.MetricsOpen,
+
+		MaxInflightBodyBytes: cfg.MaxInflightBodyBytes,
+		CORSOrigins:          splitList(cfg.CORSOrigins),
 	})
 }
 
@@ -227,9 +230,12 @@ func (s *Server) serve(h *api.Handler, tlsConfig *tls.Config) (*httpStage, error
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
+	if tlsConfig == nil { // see framing.go
+		ln = framingListener{Listener: ln, maxHeader: cfg.MaxHeaderBytes + 4096 + 1}
+	}
 	web := &httpStage{
 		srv: &http.Server{
-			Handler:           replyDeadline(h, cfg.WriteTimeout),
+			Handler:           replyDeadline(closeAfterTransferEncoding(h), cfg.WriteTimeout),
 			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 			ReadTimeout:       cfg.ReadTimeout,
 			WriteTimeout:      cfg.WriteTimeout,
