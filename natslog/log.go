@@ -310,6 +310,17 @@ func (l *Log) trySetup(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("checkpoint bucket: %w", err)
 	}
+	// Register before the checkpoint is known (the index may still be
+	// opening): 0 holds the whole stream back until the first real report,
+	// so no other node's purge can pass what this one needs. A node that
+	// has an entry keeps it: it was reported after an index commit, so it is
+	// at or below the index's checkpoint.
+	if l.opts.NodeID != "" {
+		_, err := l.kv.Create(rctx, checkpointKey(l.opts.NodeID), []byte("0"))
+		if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("register checkpoint: %w", err)
+		}
+	}
 	return nil
 }
 
