@@ -17,17 +17,17 @@ import (
 )
 
 // Build builds the nats-server binary (from the nats-server module this
-// module requires) and the aggregator (from the service module next to
-// it) into binDir, running the go tool in moduleDir (this module's root).
-func Build(ctx context.Context, moduleDir, binDir string) (natsBin, aggBin string, err error) {
+// module requires, in moduleDir, this module's root) and the aggregator
+// (in serviceDir, the service module's root) into binDir.
+func Build(ctx context.Context, moduleDir, serviceDir, binDir string) (natsBin, aggBin string, err error) {
 	natsBin = filepath.Join(binDir, "nats-server")
 	aggBin = filepath.Join(binDir, "aggregator")
-	for _, b := range [][2]string{
-		{natsBin, "github.com/nats-io/nats-server/v2"},
-		{aggBin, "github.com/aggregator-dev/aggregator/cmd/aggregator"},
+	for _, b := range [][3]string{
+		{natsBin, "github.com/nats-io/nats-server/v2", moduleDir},
+		{aggBin, "./cmd/aggregator", serviceDir},
 	} {
 		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", b[0], b[1])
-		cmd.Dir = moduleDir
+		cmd.Dir = b[2]
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return "", "", fmt.Errorf("go build %s: %w\n%s", b[1], err, out)
