@@ -9,8 +9,9 @@ BENCHTIME ?= 1s
 # staticcheck: the installed one, else fetched and run by the go tool.
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo "$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2")
 DRILL_ARGS ?=
+CLUSTER_ARGS ?=
 
-.PHONY: all build run test test-short bench lint drill clean
+.PHONY: all build run test test-short bench lint drill nats-server cluster clean
 
 all: build
 
@@ -33,11 +34,14 @@ test:
 	else \
 		echo "make test: no C compiler for cgo, so WITHOUT the race detector (install gcc to get it)"; race=; export CGO_ENABLED=0; \
 	fi; \
-	$(GO) vet ./... && $(GO) test $$race -count=1 ./...
+	$(GO) vet ./... && $(GO) test $$race -count=1 ./... && \
+	echo "make test: the cluster module (cluster/: nats-server built from its module, kill -9 tests)" && \
+	cd cluster && $(GO) vet ./... && $(GO) test $$race -count=1 ./...
 
 ## test-short: the quick subset, without the end-to-end kill tests
 test-short:
 	$(GO) test -short -count=1 ./...
+	cd cluster && $(GO) test -short -count=1 ./...
 
 ## bench: every benchmark, with allocation counts
 bench:
@@ -48,10 +52,23 @@ lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
+	cd cluster && $(GO) vet ./... && $(STATICCHECK) ./...
 
 ## drill: the crash drill of cmd/loadgen (kill -9 under load, restart, verify)
 drill:
 	$(GO) run ./cmd/loadgen drill $(DRILL_ARGS)
+
+## nats-server: build nats-server from its Go module (required by cluster/go.mod,
+## so the service's go.mod stays small) into ./bin
+nats-server:
+	cd cluster && CGO_ENABLED=0 $(GO) build -trimpath -o $(abspath $(BIN_DIR))/nats-server github.com/nats-io/nats-server/v2
+
+## cluster: three clustered nats-servers (JetStream, loopback ports 4222-4224,
+## routes 6222-6224) and three aggregator nodes in cluster mode on
+## 127.0.0.1:8081-8083, data under ./cluster/data; Ctrl-C stops everything
+cluster: build nats-server
+	@cd cluster && CGO_ENABLED=0 $(GO) build -trimpath -o $(abspath $(BIN_DIR))/devcluster ./cmd/devcluster
+	@exec $(BIN_DIR)/devcluster -nats-bin $(BIN_DIR)/nats-server -agg-bin $(BIN_DIR)/aggregator -dir cluster/data $(CLUSTER_ARGS)
 
 clean:
 	rm -rf $(BIN_DIR)

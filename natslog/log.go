@@ -197,7 +197,9 @@ func Open(ctx context.Context, opts *Options) (*Log, error) {
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.PingInterval(5*time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			l.logger.Warn("nats: disconnected", "err", err)
+			if !l.closed.Load() {
+				l.logger.Warn("nats: disconnected", "err", err)
+			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			l.logger.Info("nats: reconnected", "server", c.ConnectedUrlRedacted())
