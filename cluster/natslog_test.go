@@ -94,6 +94,23 @@ func TestAppendAndReadInOrder(t *testing.T) {
 	}
 }
 
+func TestBatchOverTheServersLimitIsAnError(t *testing.T) {
+	srv := runNATS(t, 1) // max_msgs 10,000
+	l := openLog(t, natslog.Options{URLs: urls(srv), Replicas: 1, MaxBatch: 20_000})
+	_, _, err := l.Append(context.Background(), records("big", 10_001))
+	if err == nil || event.KindOf(err) != event.Internal {
+		t.Fatalf("a batch over the servers' max_msgs: %v (kind %v), want an internal error", err, event.KindOf(err))
+	}
+	if l.LastOffset() != 0 {
+		t.Fatalf("a refused batch stored records: last offset %d", l.LastOffset())
+	}
+	// The same with --nats-max-batch within the limit: one atomic batch.
+	l2 := openLog(t, natslog.Options{URLs: urls(srv), Replicas: 1, MaxBatch: 10_000})
+	if first, last, err := l2.Append(context.Background(), records("big", 10_000)); err != nil || first != 1 || last != 10_000 {
+		t.Fatalf("10,000 records in one batch: %d..%d, %v", first, last, err)
+	}
+}
+
 func TestReaderStartsAfterCheckpoint(t *testing.T) {
 	srv := runNATS(t, 1)
 	l := openLog(t, natslog.Options{URLs: urls(srv), Replicas: 1})

@@ -331,7 +331,11 @@ func (l *Log) noteInfo(info *jetstream.StreamInfo) {
 	if info == nil {
 		return
 	}
-	l.first.Store(info.State.FirstSeq)
+	first := info.State.FirstSeq
+	if info.State.Msgs == 0 {
+		first = info.State.LastSeq + 1 // empty: the next sequence, as the local log says
+	}
+	l.first.Store(first)
 	l.msgs.Store(info.State.Msgs)
 	l.bytes.Store(info.State.Bytes)
 	l.noteLast(info.State.LastSeq)

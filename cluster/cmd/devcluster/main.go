@@ -76,7 +76,8 @@ func run(args []string) error {
 	}
 	for i := range *nodes {
 		a, err := cluster.NewAggregator(*aggBin, *dir, fmt.Sprintf("a%d", i+1),
-			fmt.Sprintf("127.0.0.1:%d", *httpPort+i), n.URL())
+			fmt.Sprintf("127.0.0.1:%d", *httpPort+i), n.URL(),
+			"--nats-max-batch", "10000") // the servers allow 10,000 (a whole request) per atomic batch
 		if err != nil {
 			return err
 		}
