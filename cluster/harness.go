@@ -153,6 +153,42 @@ func (p *Proc) Stop(timeout time.Duration) error {
 	}
 }
 
+// CPU returns the user and system CPU time the running process has used
+// so far (utime and stime of /proc/<pid>/stat: the counters getrusage
+// reads for the process itself).
+func (p *Proc) CPU() (user, sys time.Duration, err error) {
+	if !p.Running() {
+		return 0, 0, fmt.Errorf("%s: not running", p.Name)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
+	f := strings.Fields(rest) // f[0] is field 3 (state): utime is field 14, stime 15
+	if len(f) < 13 {
+		return 0, 0, fmt.Errorf("short /proc stat")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, err
+	}
+	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+	return time.Duration(ut) * tick, time.Duration(st) * tick, nil
+}
+
+// Rusage returns the resource usage of the exited process (wait4's
+// rusage: its whole life), nil while it runs.
+func (p *Proc) Rusage() *syscall.Rusage {
+	if p.done == nil || p.Running() {
+		return nil
+	}
+	ru, _ := p.cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	return ru
+}
+
 // Pid is the process id (0 when not running).
 func (p *Proc) Pid() int {
 	if !p.Running() {
