@@ -8,9 +8,11 @@ import (
 	"time"
 
 	"github.com/aggregator-dev/aggregator/event"
+	"github.com/aggregator-dev/aggregator/internal/metrictest"
 	"github.com/aggregator-dev/aggregator/natslog"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func openLog(tb testing.TB, o natslog.Options) *natslog.Log {
@@ -111,6 +113,33 @@ func TestBatchOverTheServersLimitIsAnError(t *testing.T) {
 	}
 }
 
+func TestReadBufferIsBounded(t *testing.T) {
+	srv := runNATS(t, 1)
+	reg := prometheus.NewRegistry()
+	l := openLog(t, natslog.Options{URLs: urls(srv), Replicas: 1, ReadBuffer: 10, ReadBufferBytes: 1 << 20, Registerer: reg})
+	if _, _, err := l.Append(context.Background(), records("buf", 100)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := l.Wait(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // let the reader run into the bound
+	if read := metrictest.Values(t, reg)["aggregator_nats_read_records_total"]; read != 10 {
+		t.Fatalf("read %v records ahead of the consumer, want the bound 10", read)
+	}
+	got := readAll(t, l, 1, 100) // releasing as it goes
+	if len(got) != 100 || got[100] != "buf-99" {
+		t.Fatalf("read %d records", len(got))
+	}
+	// And in bytes: one record larger than the bound is still read.
+	l2 := openLog(t, natslog.Options{URLs: urls(srv), Replicas: 1, ReadBufferBytes: 1})
+	if got := readAll(t, l2, 1, 3); len(got) != 3 {
+		t.Fatalf("read %d records with a 1-byte bound", len(got))
+	}
+}
+
 func TestReaderStartsAfterCheckpoint(t *testing.T) {
 	srv := runNATS(t, 1)
 	l := openLog(t, natslog.Options{URLs: urls(srv), Replicas: 1})
@@ -121,6 +150,19 @@ func TestReaderStartsAfterCheckpoint(t *testing.T) {
 	got := readAll(t, l2, 31, 50) // an index whose checkpoint is 30
 	if len(got) != 20 || got[31] != "x-30" || got[50] != "x-49" {
 		t.Fatalf("read %d records from 31: %q .. %q", len(got), got[31], got[50])
+	}
+}
+
+func TestReadingAgainRestartsTheReader(t *testing.T) {
+	srv := runNATS(t, 1)
+	l := openLog(t, natslog.Options{URLs: urls(srv), Replicas: 1})
+	if _, _, err := l.Append(context.Background(), records("again", 50)); err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, l, 1, 50)
+	// A consumer that lost its chunk reads from its checkpoint again.
+	if got := readAll(t, l, 11, 50); got[11] != "again-10" || len(got) != 40 {
+		t.Fatalf("read again from 11: %d records, %q first", len(got), got[11])
 	}
 }
 

@@ -25,6 +25,7 @@ const (
 	DefaultPublishTimeout = 10 * time.Second
 	DefaultConnectTimeout = 60 * time.Second
 	DefaultReadBuffer     = 1 << 16
+	DefaultReadBufferSize = 64 << 20
 	DefaultInfoInterval   = time.Second
 	DefaultPurgeInterval  = 10 * time.Second
 )
@@ -59,9 +60,11 @@ type Options struct {
 	// ConnectTimeout bounds how long Open keeps trying to connect and to
 	// create or find the stream (default DefaultConnectTimeout).
 	ConnectTimeout time.Duration
-	// ReadBuffer bounds the records read ahead of the consumer (default
-	// DefaultReadBuffer).
-	ReadBuffer int
+	// ReadBuffer and ReadBufferBytes bound the records read ahead of the
+	// consumer, in number and in bytes (defaults DefaultReadBuffer,
+	// DefaultReadBufferSize; a single larger record is still read).
+	ReadBuffer      int
+	ReadBufferBytes int
 	// NodeID names this node's checkpoint entry. Empty: the node neither
 	// reports a checkpoint nor purges (a reader that must not hold the
 	// stream back).
@@ -107,6 +110,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if c.ReadBuffer <= 0 {
 		c.ReadBuffer = DefaultReadBuffer
+	}
+	if c.ReadBufferBytes <= 0 {
+		c.ReadBufferBytes = DefaultReadBufferSize
 	}
 	if c.InfoInterval <= 0 {
 		c.InfoInterval = DefaultInfoInterval

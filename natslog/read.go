@@ -25,6 +25,7 @@ type reader struct {
 
 	mu      sync.Mutex
 	buf     []record
+	bytes   int           // of the records in buf
 	base    uint64        // sequence of buf[0]; the next one expected when buf is empty
 	notify  chan struct{} // closed and replaced when records arrive or err is set
 	space   chan struct{} // closed and replaced when the consumer releases records
@@ -68,7 +69,7 @@ func (r *reader) ensure(from uint64) error {
 		r.l.noteApplied(from - 1)
 	}
 	clear(r.buf)
-	r.buf, r.base, r.err = r.buf[:0], from, nil
+	r.buf, r.bytes, r.base, r.err = r.buf[:0], 0, from, nil
 	ctx, cancel := context.WithCancel(r.l.ctx)
 	r.cancel, r.done = cancel, make(chan struct{})
 	go r.run(ctx, r.done)
@@ -224,7 +225,7 @@ func (r *reader) fetchMissing(ctx context.Context, seq uint64) ([]byte, error) {
 // push appends one record, waiting while the buffer is full.
 func (r *reader) push(ctx context.Context, seq uint64, data []byte) error {
 	r.mu.Lock()
-	for len(r.buf) >= r.l.opts.ReadBuffer {
+	for len(r.buf) >= r.l.opts.ReadBuffer || (len(r.buf) > 0 && r.bytes+len(data) > r.l.opts.ReadBufferBytes) {
 		space := r.space
 		r.mu.Unlock()
 		select {
@@ -239,6 +240,7 @@ func (r *reader) push(ctx context.Context, seq uint64, data []byte) error {
 		return fmt.Errorf("natslog: reader out of step: got %d, want %d", seq, r.next())
 	}
 	r.buf = append(r.buf, record{seq: seq, data: data})
+	r.bytes += len(data)
 	r.l.metrics.read.Inc()
 	close(r.notify)
 	r.notify = make(chan struct{})
@@ -251,6 +253,9 @@ func (r *reader) releaseLocked(seq uint64) {
 		return
 	}
 	k := min(int(seq-r.base), len(r.buf))
+	for _, rec := range r.buf[:k] {
+		r.bytes -= len(rec.data)
+	}
 	clear(r.buf[:k])
 	r.buf = r.buf[k:]
 	r.base += uint64(k)
@@ -262,6 +267,12 @@ func (r *reader) releaseLocked(seq uint64) {
 // when ctx ends first, ErrClosed after Close, and ErrPurged when the stream
 // no longer holds what this node needs. The first call starts the reader at
 // after+1.
+//
+// Wait(after) and Read(from) release the buffered records up to after and
+// below from: the consumer asks for records once and keeps what it read
+// until it is applied. Asking again for a released record (a consumer that
+// re-reads after a failure) restarts the reader there, so it costs a new
+// consumer on the server, never a wrong record.
 func (l *Log) Wait(ctx context.Context, after uint64) error {
 	r := l.rd
 	if err := r.ensure(after + 1); err != nil {
@@ -269,6 +280,7 @@ func (l *Log) Wait(ctx context.Context, after uint64) error {
 	}
 	for {
 		r.mu.Lock()
+		r.releaseLocked(after + 1)
 		next, err, ch := r.next(), r.err, r.notify
 		r.mu.Unlock()
 		if next > after+1 {
