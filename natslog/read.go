@@ -27,7 +27,8 @@ type reader struct {
 	buf     []record
 	bytes   int           // of the records in buf
 	base    uint64        // sequence of buf[0]; the next one expected when buf is empty
-	notify  chan struct{} // closed and replaced when records arrive or err is set
+	notify  chan struct{} // closed and replaced when records arrive (and Wait waits) or err is set
+	waiting int           // Wait calls blocked on notify
 	space   chan struct{} // closed and replaced when the consumer releases records
 	err     error         // sticky: ErrPurged or ErrClosed
 	cancel  context.CancelFunc
@@ -139,7 +140,11 @@ func (r *reader) consume(ctx context.Context, from uint64) error {
 	if err != nil {
 		return fmt.Errorf("ordered consumer: %w", err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(4096, 32<<20))
+	// Idle heartbeats every second: a consumer lost with its server (or
+	// created while the stream's replicas were still forming) is noticed
+	// after two missed ones and recreated at the next sequence, instead of
+	// after the client's default of 2 x 5 s.
+	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(4096, 32<<20), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return fmt.Errorf("messages: %w", err)
 	}
@@ -242,8 +247,10 @@ func (r *reader) push(ctx context.Context, seq uint64, data []byte) error {
 	r.buf = append(r.buf, record{seq: seq, data: data})
 	r.bytes += len(data)
 	r.l.metrics.read.Inc()
-	close(r.notify)
-	r.notify = make(chan struct{})
+	if r.waiting > 0 { // no channel per record while nobody waits
+		close(r.notify)
+		r.notify = make(chan struct{})
+	}
 	return nil
 }
 
@@ -282,16 +289,23 @@ func (l *Log) Wait(ctx context.Context, after uint64) error {
 		r.mu.Lock()
 		r.releaseLocked(after + 1)
 		next, err, ch := r.next(), r.err, r.notify
-		r.mu.Unlock()
-		if next > after+1 {
-			return nil
-		}
-		if err != nil {
+		if next > after+1 || err != nil {
+			r.mu.Unlock()
+			if next > after+1 {
+				return nil
+			}
 			return err
 		}
+		r.waiting++
+		r.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
+		}
+		r.mu.Lock()
+		r.waiting--
+		r.mu.Unlock()
+		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
