@@ -10,8 +10,9 @@ BENCHTIME ?= 1s
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo "$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2")
 DRILL_ARGS ?=
 POWERLOSS_ARGS ?=
+CLUSTER_ARGS ?=
 
-.PHONY: all build run test test-short bench lint drill powerloss clean
+.PHONY: all build run test test-short bench lint drill powerloss nats-server cluster clean
 
 all: build
 
@@ -37,7 +38,9 @@ test:
 	else \
 		echo "make test: no C compiler for cgo, so WITHOUT the race detector (install gcc to get it)"; race=; export CGO_ENABLED=0; \
 	fi; \
-	$(GO) vet ./... && $(GO) test $$race -count=1 ./...
+	$(GO) vet ./... && $(GO) test $$race -count=1 ./... && \
+	echo "make test: the cluster module (cluster/: nats-server built from its module, kill -9 tests)" && \
+	(cd cluster && $(GO) vet ./... && $(GO) test $$race -count=1 ./...)
 	@echo "make test: interop (builds Benthos: about a minute the first time)"
 	cd interop && $(GO) vet ./... && $(GO) test -count=1 ./...
 
@@ -45,6 +48,7 @@ test:
 ## without the interop module
 test-short:
 	$(GO) test -short -count=1 ./...
+	cd cluster && $(GO) test -short -count=1 ./...
 
 ## bench: every benchmark, with allocation counts
 bench:
@@ -56,6 +60,7 @@ lint:
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 	cd interop && $(GO) vet ./... && $(STATICCHECK) ./...
+	cd cluster && $(GO) vet ./... && $(STATICCHECK) ./...
 
 ## drill: the crash drill of cmd/loadgen (kill -9 under load, restart, verify)
 drill:
@@ -64,6 +69,18 @@ drill:
 ## powerloss: the power-loss drill: 30 kill -9 + power-cut cycles per mode (drop-all, torn) on powerfs (root, /dev/fuse)
 powerloss:
 	$(GO) run ./cmd/loadgen powerloss -cycles 30 $(POWERLOSS_ARGS)
+
+## nats-server: build nats-server from its Go module (required by cluster/go.mod,
+## so the service's go.mod stays small) into ./bin
+nats-server:
+	cd cluster && CGO_ENABLED=0 $(GO) build -trimpath -o $(abspath $(BIN_DIR))/nats-server github.com/nats-io/nats-server/v2
+
+## cluster: three clustered nats-servers (JetStream, loopback ports 4222-4224,
+## routes 6222-6224) and three aggregator nodes in cluster mode on
+## 127.0.0.1:8081-8083, data under ./cluster/data; Ctrl-C stops everything
+cluster: build nats-server
+	@cd cluster && CGO_ENABLED=0 $(GO) build -trimpath -o $(abspath $(BIN_DIR))/devcluster ./cmd/devcluster
+	@exec $(BIN_DIR)/devcluster -nats-bin $(BIN_DIR)/nats-server -agg-bin $(BIN_DIR)/aggregator -dir cluster/data $(CLUSTER_ARGS)
 
 clean:
 	rm -rf $(BIN_DIR)

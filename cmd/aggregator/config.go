@@ -13,6 +13,7 @@ import (
 
 	"github.com/aggregator-dev/aggregator/api"
 	"github.com/aggregator-dev/aggregator/dedup"
+	"github.com/aggregator-dev/aggregator/natslog"
 	"github.com/aggregator-dev/aggregator/wal"
 )
 
@@ -27,6 +28,17 @@ type Config struct {
 	// Write-ahead log.
 	SegmentSize int
 	WALRepair   bool
+
+	// Cluster mode: the log is a JetStream stream on these NATS servers
+	// instead of the local write-ahead log (docs/scale-out.md).
+	NATSURL            string // comma-separated
+	NATSStream         string
+	NATSReplicas       int
+	NATSMaxBytes       int64
+	NATSMaxBatch       int
+	NATSMaxInflight    int
+	NATSPurgeInterval  time.Duration
+	NATSConnectTimeout time.Duration
 
 	// Index and consumer.
 	BloomExpectedKeys uint
@@ -122,6 +134,13 @@ func defaultConfig() Config {
 		InflightWait:         api.DefaultInflightWait,
 		MaxInflightBodyBytes: api.DefaultMaxInflightBodyBytes,
 		MaxLag:               DefaultMaxLag,
+		NATSStream:           natslog.DefaultStream,
+		NATSReplicas:         natslog.DefaultReplicas,
+		NATSMaxBytes:         natslog.DefaultMaxBytes,
+		NATSMaxBatch:         natslog.DefaultMaxBatch,
+		NATSMaxInflight:      natslog.DefaultMaxInflight,
+		NATSPurgeInterval:    natslog.DefaultPurgeInterval,
+		NATSConnectTimeout:   natslog.DefaultConnectTimeout,
 		MaxHeaderBytes:       64 << 10,
 		ReadHeaderTimeout:    10 * time.Second,
 		ReadTimeout:          60 * time.Second,
@@ -263,6 +282,15 @@ func registerFlags(fs *flag.FlagSet, c *Config, level *string, expected *uint64,
 	fs.IntVar(&c.SegmentSize, "segment-size", c.SegmentSize, "bytes per log segment file (0: 16 MiB)")
 	fs.BoolVar(&c.WALRepair, "wal-repair", c.WALRepair, "cut the log at damage inside acknowledged records (copies the segment aside first)")
 
+	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, "cluster mode: the log is a JetStream stream on these NATS servers (nats://host:port, comma-separated) instead of <dir>/wal/")
+	fs.StringVar(&c.NATSStream, "nats-stream", c.NATSStream, "cluster mode: the stream's name (created if absent)")
+	fs.IntVar(&c.NATSReplicas, "nats-replicas", c.NATSReplicas, "cluster mode: replicas of the stream when it is created")
+	fs.Int64Var(&c.NATSMaxBytes, "nats-max-bytes", c.NATSMaxBytes, "cluster mode: bytes the stream may hold (per replica); publishes get 429 above (-1: the servers' limit only)")
+	fs.IntVar(&c.NATSMaxBatch, "nats-max-batch", c.NATSMaxBatch, "cluster mode: events per atomic batch, at most the servers' jetstream.limits.batch.max_msgs; larger requests are split")
+	fs.IntVar(&c.NATSMaxInflight, "nats-max-inflight", c.NATSMaxInflight, "cluster mode: atomic batches this node has open at once (all nodes together below the servers' max_inflight_per_stream, 50)")
+	fs.DurationVar(&c.NATSPurgeInterval, "nats-purge-interval", c.NATSPurgeInterval, "cluster mode: how often the node reports its checkpoint and purges the stream below every node's checkpoint (negative: never purge)")
+	fs.DurationVar(&c.NATSConnectTimeout, "nats-connect-timeout", c.NATSConnectTimeout, "cluster mode: how long the start waits for the NATS cluster and the stream")
+
 	fs.Uint64Var(expected, "bloom-expected-keys", *expected, "keys the bloom filter is sized for (0: 1,048,576)")
 	fs.Float64Var(&c.BloomFPRate, "bloom-fp-rate", c.BloomFPRate, "bloom filter false-positive rate at the expected keys (0: 0.01)")
 	fs.IntVar(&c.ChunkEntries, "chunk-entries", c.ChunkEntries, "events the consumer applies per index transaction (0: 16384)")
@@ -353,6 +381,14 @@ func (c *Config) validate() error {
 	for _, o := range splitList(c.CORSOrigins) {
 		if why := api.ValidOrigin(o); why != "" {
 			errs = append(errs, fmt.Errorf("cors origin %q: %s", o, why))
+		}
+	}
+	if c.NATSURL != "" {
+		if c.WALRepair {
+			errs = append(errs, errors.New("--wal-repair has no meaning with --nats-url (there is no local log)"))
+		}
+		if c.NATSReplicas < 1 || c.NATSMaxBatch < 1 || c.NATSMaxInflight < 1 {
+			errs = append(errs, errors.New("--nats-replicas, --nats-max-batch and --nats-max-inflight must be at least 1"))
 		}
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {

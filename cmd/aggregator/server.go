@@ -91,7 +91,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	wlog, err := s.openLog(reg)
+	wlog, err := s.openEventLog(ctx, reg)
 	if err != nil {
 		return err
 	}
@@ -291,7 +291,7 @@ type indexStage struct {
 
 // startIndex opens the index (unless early already is), starts the consumer
 // and attaches both to the backend, in the background.
-func (s *Server) startIndex(wlog *wal.Log, early *dedup.Store, be *backend, reg prometheus.Registerer) *indexStage {
+func (s *Server) startIndex(wlog eventLog, early *dedup.Store, be *backend, reg prometheus.Registerer) *indexStage {
 	st := &indexStage{done: make(chan struct{}), store: early}
 	go func() {
 		defer close(st.done)
@@ -301,8 +301,8 @@ func (s *Server) startIndex(wlog *wal.Log, early *dedup.Store, be *backend, reg 
 			}
 		}
 		var src dedup.Source = wlog
-		if s.sourceSeam != nil {
-			src = s.sourceSeam(wlog, st.store)
+		if l, ok := wlog.(*wal.Log); ok && s.sourceSeam != nil {
+			src = s.sourceSeam(l, st.store)
 		}
 		st.consumer, st.err = dedup.NewConsumer(st.store, src, &dedup.ConsumerOptions{
 			ChunkEntries: s.cfg.ChunkEntries,
@@ -339,7 +339,7 @@ func (st *indexStage) close() error {
 
 // wait serves until ctx ends (nil), the HTTP server fails or the index
 // cannot be opened (the error).
-func (s *Server) wait(ctx context.Context, web *httpStage, idx *indexStage, wlog *wal.Log) error {
+func (s *Server) wait(ctx context.Context, web *httpStage, idx *indexStage, wlog eventLog) error {
 	opened := idx.done
 	for {
 		select {
@@ -360,7 +360,7 @@ func (s *Server) wait(ctx context.Context, web *httpStage, idx *indexStage, wlog
 }
 
 // openIndex opens <data-dir>/index.db and checks it against the log.
-func (s *Server) openIndex(wlog *wal.Log, reg prometheus.Registerer) (*dedup.Store, error) {
+func (s *Server) openIndex(wlog eventLog, reg prometheus.Registerer) (*dedup.Store, error) {
 	path := filepath.Join(s.cfg.DataDir, "index.db")
 	start := time.Now()
 	st, err := openStore(path, &dedup.Options{
@@ -385,10 +385,13 @@ func (s *Server) openIndex(wlog *wal.Log, reg prometheus.Registerer) (*dedup.Sto
 		_ = st.Close()
 		return nil, fmt.Errorf("sync data dir: %w", err)
 	}
-	// The log frees what the index holds: not once index.db is deleted.
-	if err := wlog.Watch(path); err != nil {
-		_ = st.Close()
-		return nil, err
+	// The local log frees what the index holds: not once index.db is
+	// deleted. (A stream is freed by the checkpoints of every node.)
+	if w, ok := wlog.(interface{ Watch(path string) error }); ok {
+		if err := w.Watch(path); err != nil {
+			_ = st.Close()
+			return nil, err
+		}
 	}
 	s.logger.Info("index open", "path", path, "took", time.Since(start).Round(time.Millisecond))
 	return st, nil
@@ -397,7 +400,7 @@ func (s *Server) openIndex(wlog *wal.Log, reg prometheus.Registerer) (*dedup.Sto
 // checkIndex refuses an index whose checkpoint the log cannot continue from:
 // ahead of the log's end (unless --wal-repair, which fills the gap), or
 // behind the log's front.
-func (s *Server) checkIndex(st *dedup.Store, wlog *wal.Log) error {
+func (s *Server) checkIndex(st *dedup.Store, wlog eventLog) error {
 	if cp, last := st.Checkpoint(), wlog.LastOffset(); cp > last {
 		// The index has applied records the log no longer holds: new
 		// appends would get offsets the consumer skips as applied, and be
@@ -437,7 +440,7 @@ func (s *Server) checkIndex(st *dedup.Store, wlog *wal.Log) error {
 const fillerChunk = 1 << 16
 
 // fillLog appends empty records until the log's last offset is upto.
-func fillLog(l *wal.Log, upto uint64) error {
+func fillLog(l Appender, upto uint64) error {
 	empty := []byte{}
 	for last := l.LastOffset(); last < upto; last = l.LastOffset() {
 		recs := make([][]byte, min(upto-last, fillerChunk))
