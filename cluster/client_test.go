@@ -52,11 +52,14 @@ func stats(base string) (api.StatsReply, error) {
 // key is an event's identity for the index.
 type key struct{ topic, id string }
 
-// listAll pages through every topic of a node: key -> offset, failing on a
+// identity is where an event sits: its log offset and its seq.
+type identity struct{ offset, seq uint64 }
+
+// listAll pages through every topic of a node: key -> identity, failing on a
 // key listed twice.
-func listAll(tb testing.TB, base string) map[key]uint64 {
+func listAll(tb testing.TB, base string) map[key]identity {
 	tb.Helper()
-	out := map[key]uint64{}
+	out := map[key]identity{}
 	cursor := ""
 	for pages := 0; pages < 100_000; pages++ {
 		var page struct {
@@ -75,7 +78,7 @@ func listAll(tb testing.TB, base string) map[key]uint64 {
 			if _, dup := out[k]; dup {
 				tb.Fatalf("%s lists %v twice", base, k)
 			}
-			out[k] = e.Offset
+			out[k] = identity{e.Offset, e.Seq}
 		}
 		if page.NextCursor == nil || *page.NextCursor == "" {
 			return out
@@ -86,13 +89,36 @@ func listAll(tb testing.TB, base string) map[key]uint64 {
 	return nil
 }
 
+// feedAll reads a node's whole feed (GET /feed) in seq order.
+func feedAll(tb testing.TB, base string) []event.Stored {
+	tb.Helper()
+	var out []event.Stored
+	after := uint64(0)
+	for pages := 0; pages < 100_000; pages++ {
+		var page struct {
+			Events    []event.Stored `json:"events"`
+			NextAfter uint64         `json:"next_after"`
+		}
+		if err := getJSON(base, fmt.Sprintf("/feed?limit=10000&after=%d", after), &page); err != nil {
+			tb.Fatal(err)
+		}
+		if len(page.Events) == 0 {
+			return out
+		}
+		out = append(out, page.Events...)
+		after = page.NextAfter
+	}
+	tb.Fatal("too many pages")
+	return nil
+}
+
 // counters is what must be identical on every node at lag 0.
 type counters struct {
-	Received, Unique, Duplicates, Checkpoint, LastOffset uint64
-	Topics                                               string
+	Received, Unique, Duplicates, Checkpoint, LastOffset, LastSeq uint64
+	Topics                                                        string
 }
 
 func countersOf(s api.StatsReply) counters {
 	t, _ := json.Marshal(s.TopicCounts)
-	return counters{s.Received, s.UniqueProcessed, s.DuplicateDropped, s.WAL.Checkpoint, s.WAL.LastOffset, string(t)}
+	return counters{s.Received, s.UniqueProcessed, s.DuplicateDropped, s.WAL.Checkpoint, s.WAL.LastOffset, s.LastSeq, string(t)}
 }

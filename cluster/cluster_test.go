@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aggregator-dev/aggregator/event"
 	"github.com/aggregator-dev/aggregator/natslog"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -256,11 +257,28 @@ func (c *testCluster) waitSettled(nodes []*Aggregator, timeout time.Duration) co
 }
 
 // verify checks that every acknowledged event is listed exactly once on
-// every node, with the same offset everywhere.
-func (c *testCluster) verify(nodes []*Aggregator, acked map[key]bool) map[key]uint64 {
+// every node, with the same offset and seq everywhere, and that the feeds of
+// all nodes are the same sequence.
+func (c *testCluster) verify(nodes []*Aggregator, acked map[key]bool) map[key]identity {
 	c.tb.Helper()
-	var first map[key]uint64
+	var first map[key]identity
+	var firstFeed []event.Stored
 	for i, a := range nodes {
+		feed := feedAll(c.tb, a.URL())
+		for j, e := range feed {
+			if e.Seq != uint64(j+1) {
+				c.tb.Fatalf("%s: feed position %d has seq %d", a.Name, j, e.Seq)
+			}
+			if i > 0 && (e.Topic != firstFeed[j].Topic || e.EventID != firstFeed[j].EventID || e.Offset != firstFeed[j].Offset) {
+				c.tb.Fatalf("seq %d: %s/%s offset %d on %s, %s/%s offset %d on %s", e.Seq, firstFeed[j].Topic,
+					firstFeed[j].EventID, firstFeed[j].Offset, nodes[0].Name, e.Topic, e.EventID, e.Offset, a.Name)
+			}
+		}
+		if i == 0 {
+			firstFeed = feed
+		} else if len(feed) != len(firstFeed) {
+			c.tb.Fatalf("feed of %d events on %s, %d on %s", len(feed), a.Name, len(firstFeed), nodes[0].Name)
+		}
 		got := listAll(c.tb, a.URL())
 		for k := range acked {
 			if _, ok := got[k]; !ok {
@@ -274,9 +292,9 @@ func (c *testCluster) verify(nodes []*Aggregator, acked map[key]bool) map[key]ui
 		if len(got) != len(first) {
 			c.tb.Fatalf("%s lists %d events, %s %d", a.Name, len(got), nodes[0].Name, len(first))
 		}
-		for k, off := range first {
-			if got[k] != off {
-				c.tb.Fatalf("%v: offset %d on %s, %d on %s", k, off, nodes[0].Name, got[k], a.Name)
+		for k, id := range first {
+			if got[k] != id {
+				c.tb.Fatalf("%v: offset and seq %v on %s, %v on %s", k, id, nodes[0].Name, got[k], a.Name)
 			}
 		}
 	}
