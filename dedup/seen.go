@@ -24,8 +24,10 @@ import (
 // key: in practice one. Every change to the runs (a new run, merges, their
 // sizes in the runs bucket) happens in the chunk's transaction.
 const (
-	defaultFanout      = 16
-	defaultBlockTarget = 16 << 10 // key bytes per block before it is cut
+	defaultFanout = 16
+	// defaultMaxMergeKeys bounds the run a merge writes (see compact).
+	defaultMaxMergeKeys = 1 << 20
+	defaultBlockTarget  = 16 << 10 // key bytes per block before it is cut
 	// maxKeyLen bounds len(seen key) (about topic + event ID); longer
 	// entries are counted as malformed. bbolt keys must stay below 32 KiB.
 	maxKeyLen = 8 << 10
@@ -272,7 +274,14 @@ func tier(n uint64, fanout int) int {
 }
 
 // compact merges the newest runs while `fanout` of them share a tier (or
-// are below it). It returns the new run list and next run id.
+// are below it), as long as the merged run would hold at most maxMergeKeys
+// keys. It returns the new run list and next run id.
+//
+// The bound keeps every merge, which is written in one transaction with a
+// chunk, to a bounded number of dirty pages in memory (about 30 MB at 1M
+// keys): past it, runs are left as they are, and a large index is a few
+// dozen runs of up to maxMergeKeys keys, each with its own bloom filter, so
+// that a lookup still reads about one run.
 func (s *Store) compact(tx *bolt.Tx, runs []runInfo, nextID uint64) ([]runInfo, uint64, error) {
 	fanout := s.opts.fanout
 	for {
@@ -286,6 +295,13 @@ func (s *Store) compact(tx *bolt.Tx, runs []runInfo, nextID uint64) ([]runInfo, 
 			j--
 		}
 		if n-j < fanout {
+			return runs, nextID, nil
+		}
+		var total uint64
+		for _, r := range runs[j:] {
+			total += r.n
+		}
+		if total > uint64(s.opts.maxMergeKeys) {
 			return runs, nextID, nil
 		}
 		merged, err := s.mergeRuns(tx, runs[j:], nextID)

@@ -139,3 +139,40 @@ func TestBlockSearch(t *testing.T) {
 		t.Fatalf("past the end: %d %v", idx, found)
 	}
 }
+
+// Merges stop at maxMergeKeys: no run grows past it, and every key is still
+// found (a duplicate names its seq) among the runs left unmerged.
+func TestMergeBound(t *testing.T) {
+	s, _ := mustOpen(t, &Options{ExpectedKeys: 32, fanout: 2, blockTarget: 40, maxMergeKeys: 60})
+	off := uint64(1)
+	for round := range 50 {
+		var evs []event.Event
+		for i := range 10 {
+			evs = append(evs, ev("t", fmt.Sprintf("%d-%d", round, i), baseTime))
+		}
+		mustApply(t, s, entries(off, evs...))
+		off += 10
+	}
+	for _, r := range s.runs {
+		if r.n > 60 {
+			t.Fatalf("a run of %d keys, bound 60 (runs %d)", r.n, len(s.runs))
+		}
+	}
+	if len(s.runs) < 500/60 {
+		t.Fatalf("%d runs for 500 keys with runs of at most 60", len(s.runs))
+	}
+	again := []event.Event{ev("t", "0-0", baseTime), ev("t", "49-9", baseTime), ev("t", "25-5", baseTime)}
+	res := mustApply(t, s, entries(off, again...))
+	if res.Duplicates != 3 {
+		t.Fatalf("resent keys: %+v", res)
+	}
+	v, err := s.Verdicts(off, off+2, again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.verdicts.init(verdictRingSize)
+	w, err := s.Verdicts(off, off+2, again)
+	if err != nil || fmt.Sprint(v) != fmt.Sprint(w) || v[0].Seq != 1 || v[1].Seq != 500 || v[2].Seq != 256 {
+		t.Fatalf("verdicts from memory %v, from the runs %v (%v)", v, w, err)
+	}
+}

@@ -102,6 +102,7 @@ type Options struct {
 	noSync        bool                               // skip fdatasync (benchmark fixtures only)
 	blockTarget   int                                // key bytes per seen-set block (default defaultBlockTarget)
 	fanout        int                                // runs merged together (default defaultFanout)
+	maxMergeKeys  int                                // keys of the largest merged run (default defaultMaxMergeKeys)
 	rebuildBatch  int                                // keys between two calls of onRebuildStep
 	onRebuildStep func(scanned int, grow bool) error // called after each rebuild batch
 }
@@ -214,6 +215,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if r.fanout < 2 {
 		r.fanout = defaultFanout
+	}
+	if r.maxMergeKeys <= 0 {
+		r.maxMergeKeys = defaultMaxMergeKeys
 	}
 	if r.blockTarget <= 0 {
 		r.blockTarget = defaultBlockTarget
