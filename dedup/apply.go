@@ -141,7 +141,7 @@ func (c *chunk) writeMeta(tx *bolt.Tx, nextRun uint64) error {
 	for _, kv := range []struct {
 		key   []byte
 		delta int
-	}{{metaUnique, len(c.fresh)}, {metaDuplicates, c.dups}, {metaMalformed, c.malformed}} {
+	}{{metaUnique, len(c.fresh)}, {metaDuplicates, c.dups}, {metaMalformed, c.malformed}, {metaTopics, c.newTopics}} {
 		if kv.delta == 0 {
 			continue
 		}

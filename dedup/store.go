@@ -51,6 +51,7 @@ var (
 	metaDuplicates = []byte("duplicates")
 	metaMalformed  = []byte("malformed")
 	metaNextRun    = []byte("nextrun")
+	metaTopics     = []byte("topics") // topics with a stored event (lifetime)
 )
 
 // allBuckets are the top-level buckets of the format.
@@ -324,7 +325,11 @@ func (s *Store) load(tx *bolt.Tx) error {
 	s.checkpoint.Store(u64(meta.Get(metaCheckpoint)))
 	s.keys.Store(u64(meta.Get(metaUnique)))
 	s.lastSeq.Store(u64(meta.Get(metaUnique)))
-	s.topics.Store(uint64(tx.Bucket(bucketTopics).Stats().KeyN))
+	if v := meta.Get(metaTopics); v != nil {
+		s.topics.Store(u64(v))
+	} else { // written by a version before the counter was kept
+		s.topics.Store(uint64(tx.Bucket(bucketTopics).Stats().KeyN))
+	}
 	s.nextRun = u64(meta.Get(metaNextRun))
 	var err error
 	s.runs, err = loadRuns(tx)
@@ -358,6 +363,7 @@ func (s *Store) Stats() (Stats, error) {
 		}
 		st.SeenRuns = len(runs)
 		st.LastSeq = st.Unique
+		st.TopicCount = s.topicCount(meta)
 		return nil
 	})
 	if err != nil {
@@ -366,10 +372,19 @@ func (s *Store) Stats() (Stats, error) {
 		}
 		return Stats{}, fmt.Errorf("read stats: %w", err)
 	}
-	st.TopicCount = s.topics.Load()
 	st.BloomBits, st.BloomK, st.BloomFPEstimate = s.bloom.sizes(st.Keys)
 	st.RunFilterBits = s.runBits.Load()
 	return st, nil
+}
+
+// topicCount is the topic count as of the transaction that meta is of:
+// the counter it holds, or (an index written before the counter was kept)
+// the in-memory count.
+func (s *Store) topicCount(meta *bolt.Bucket) uint64 {
+	if v := meta.Get(metaTopics); v != nil {
+		return u64(v)
+	}
+	return s.topics.Load()
 }
 
 // Close stops a running bloom rebuild, waits for it and for a running Apply,
