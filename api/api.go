@@ -230,6 +230,7 @@ type Handler struct {
 	denials  throttle // logging of 401 and 403 replies
 	auth     authorizer
 	inflight chan struct{} // a slot per publish request inside Backend.Publish
+	statics  statics       // GET /openapi.json and the dashboard
 
 	// closing is closed by CloseStreams: open streams and long-polls end.
 	closing   chan struct{}
@@ -249,6 +250,7 @@ func New(b Backend, opts *Options) *Handler {
 		inflight: make(chan struct{}, o.MaxInflightPublish),
 		closing:  make(chan struct{}),
 	}
+	h.statics = newStatics(h.auth.protected&scopeRead != 0)
 
 	r := httprouter.New()
 	r.RedirectFixedPath = false
@@ -305,6 +307,9 @@ func (h *Handler) routes() []route {
 		{http.MethodGet, "/metrics", func(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
 			metrics.ServeHTTP(w, r)
 		}},
+		{http.MethodGet, "/openapi.json", h.openapi},
+		{http.MethodGet, "/ui", h.dashboard},
+		{http.MethodGet, "/ui/:file", h.dashboardFile},
 	}
 }
 
