@@ -18,7 +18,7 @@
 (() => {
   const tokenKey = 'aggregator.readToken';
   const history = 60;          // points of each sparkline
-  const statsEvery = 10000;    // ms between GET /stats and GET /topics
+  const statsEvery = 5000;     // ms between GET /stats and GET /topics
   const topicsLimit = 25;
   const feedLimit = 50;
   const maxRows = 500;         // event rows kept while live
