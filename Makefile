@@ -26,15 +26,18 @@ run:
 	@CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN_DIR)/aggregator ./cmd/aggregator
 	@exec $(BIN_DIR)/aggregator --addr $(ADDR) --data-dir $(DATA_DIR)
 
-## test: vet, then every test; with the race detector when cgo works (a C
-## compiler is there, as in CI), else without it, saying which
+## test: vet, then every test, of the service's module and then of the
+## e2e/ module (the binary's replies against api/openapi.json, the dashboard
+## in headless Chromium, skipped without one); with the race detector when
+## cgo works (a C compiler is there, as in CI), else without it, saying which
 test:
 	@if [ "$$($(GO) env CGO_ENABLED)" = 1 ] && command -v "$$($(GO) env CC)" >/dev/null 2>&1; then \
 		echo "make test: with the race detector"; race=-race; \
 	else \
 		echo "make test: no C compiler for cgo, so WITHOUT the race detector (install gcc to get it)"; race=; export CGO_ENABLED=0; \
 	fi; \
-	$(GO) vet ./... && $(GO) test $$race -count=1 ./...
+	$(GO) vet ./... && $(GO) test $$race -count=1 ./... && \
+	cd e2e && $(GO) vet ./... && $(GO) test $$race -count=1 ./...
 
 ## test-short: the quick subset, without the end-to-end kill tests
 test-short:
@@ -49,6 +52,7 @@ lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
+	cd e2e && $(GO) vet ./... && $(STATICCHECK) ./...
 
 ## drill: the crash drill of cmd/loadgen (kill -9 under load, restart, verify)
 drill:
