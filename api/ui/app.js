@@ -20,8 +20,10 @@
   const history = 60;          // points of each sparkline
   const statsEvery = 5000;     // ms between GET /stats and GET /topics
   const topicsLimit = 25;
-  const feedLimit = 50;
+  const feedLimit = 50;        // events of a page of the browser
   const maxRows = 500;         // event rows kept while live
+  const liveLimit = 500;       // events of one long-poll
+  const liveEvery = 500;       // ms at least between two long-polls
   const longPoll = '25s';
   const fsyncMetric = 'aggregator_wal_fsync_duration_seconds';
 
@@ -326,12 +328,15 @@
     return 'feed?' + q;
   }
 
-  // startFeed shows one page (from the start, the latest events, or the
-  // page after the newest shown), then, when live and at the end of the
-  // feed, follows it by long-poll. A new call ends the previous reader.
+  // startFeed shows one page: the latest events, then (when live) follows
+  // the feed by long-poll; or, which turns live off, the first page or the
+  // page after the newest shown. A new call ends the previous reader.
   async function startFeed(where) {
     if (state.feed) {
       state.feed.ctrl.abort();
+    }
+    if (where !== 'latest') {
+      $('feed-live').checked = false;
     }
     const feed = { gen: ++state.feedGen, ctrl: new AbortController() };
     state.feed = feed;
@@ -352,7 +357,7 @@
       status.textContent = page.events.length
         ? `${scope}: seq ${page.events[0].seq} to ${page.next_after}`
         : `${scope}: no events after seq ${after}` + (topic && where === 'latest' ? ` (latest looks at the last ${feedLimit} seqs)` : '');
-      if (page.events.length < feedLimit && $('feed-live').checked) {
+      if (where === 'latest' && $('feed-live').checked) {
         follow(feed);
       }
     } catch (e) {
@@ -360,25 +365,35 @@
     }
   }
 
+  // follow reads the feed after the newest event shown, by long-poll, at
+  // most every liveEvery ms. When it is so far behind that a page is full
+  // and more than a page of events follow, it skips ahead to the newest
+  // ones: the table shows the latest events, not a backlog.
   async function follow(feed) {
     const status = $('feed-status');
     while (state.feed === feed && state.running && $('feed-live').checked) {
+      const began = performance.now();
       try {
-        const page = await callJSON(feedQuery(state.nextAfter, feedLimit, longPoll), feed.ctrl.signal);
+        const page = await callJSON(feedQuery(state.nextAfter, liveLimit, longPoll), feed.ctrl.signal);
         if (state.feed !== feed) {
           return;
         }
+        state.nextAfter = page.next_after;
         if (page.events.length) {
           show(page.events, false);
           status.textContent = `live: newest seq ${page.next_after}`;
         }
-        state.nextAfter = page.next_after;
+        if (page.events.length === liveLimit && state.lastSeq - liveLimit > state.nextAfter) {
+          state.nextAfter = state.lastSeq - liveLimit;
+          status.textContent += ` (skipped ahead to seq ${state.nextAfter})`;
+        }
       } catch (e) {
         if (!report(e, feed)) {
           return;
         }
         await sleep(2000); // the server is away: try again
       }
+      await sleep(liveEvery - (performance.now() - began));
     }
   }
 
@@ -396,7 +411,7 @@
   }
 
   function sleep(ms) {
-    return new Promise((resolve) => setTimeout(resolve, ms));
+    return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
   }
 
   // ---- the loop
@@ -498,7 +513,7 @@
     $('feed-newer').addEventListener('click', () => startFeed('newer'));
     $('feed-live').addEventListener('change', () => {
       if ($('feed-live').checked) {
-        startFeed('newer');
+        startFeed('latest');
       } else if (state.feed) {
         state.feed.ctrl.abort();
       }
