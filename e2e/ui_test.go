@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -134,7 +135,8 @@ func TestDashboard(t *testing.T) {
 	// Publish a trickle while the rates are read: each interval sees events.
 	stop := make(chan struct{})
 	published := make(chan error, 1)
-	go func() { published <- trickle(srv.base, stop) }()
+	var sent atomic.Int64
+	go func() { published <- trickle(srv.base, stop, &sent) }()
 	defer func() {
 		close(stop)
 		if err := <-published; err != nil {
@@ -151,6 +153,17 @@ func TestDashboard(t *testing.T) {
 	waitJS(ctx, t, "a sparkline", `document.querySelector('#spark-received polyline').getAttribute('points').split(' ').length >= 2`)
 	waitJS(ctx, t, "the topic", `[...document.querySelectorAll('#topic-rows td')].some(td => td.textContent === 'dashboard')`)
 	waitJS(ctx, t, "live events", `document.getElementById('event-rows').textContent.includes('ui-e2e-trickle-')`)
+
+	// The topic filter: only that topic's events, the one published there.
+	srv.publish(t, publishToken, event("other", "ui-e2e-other"))
+	if err := do(ctx,
+		chromedp.SendKeys(chromedp.ID("feed-topic"), "other"),
+		chromedp.Click(chromedp.CSS(`#feed-form button[type="submit"]`)),
+	); err != nil {
+		t.Fatalf("filter by topic: %v", err)
+	}
+	waitJS(ctx, t, "the event of the filtered topic", `document.getElementById('event-rows').textContent.includes('ui-e2e-other')`)
+	waitJS(ctx, t, "only the filtered topic", `[...document.querySelectorAll('#event-rows tr')].every(tr => tr.children[1].textContent === 'other')`)
 	if path := os.Getenv("E2E_SCREENSHOT"); path != "" {
 		if png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot()); err != nil {
 			t.Errorf("screenshot: %v", err)
@@ -163,7 +176,10 @@ func TestDashboard(t *testing.T) {
 	if err := do(ctx, chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("dash"))); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
-	waitJS(ctx, t, "the events after a reload", `document.getElementById('event-rows').textContent.includes('ui-e2e-trickle-')`)
+	// And it follows the feed again: an event published after the reload
+	// shows up.
+	later := fmt.Sprintf("ui-e2e-trickle-%d", sent.Load()+4)
+	waitJS(ctx, t, "a live event after a reload", `document.getElementById('event-rows').textContent.includes('`+later+`')`)
 
 	for _, p := range problems() {
 		t.Errorf("the page logged an error: %s", p)
@@ -171,8 +187,9 @@ func TestDashboard(t *testing.T) {
 	t.Logf("dashboard test took %v (browser start included)", time.Since(began).Round(time.Millisecond))
 }
 
-// trickle publishes two events every 100 ms until stop is closed.
-func trickle(base string, stop <-chan struct{}) error {
+// trickle publishes two events every 100 ms until stop is closed, and
+// counts them in sent.
+func trickle(base string, stop <-chan struct{}, sent *atomic.Int64) error {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for i := 0; ; i += 2 {
@@ -197,5 +214,6 @@ func trickle(base string, stop <-chan struct{}) error {
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("publish: status %d", resp.StatusCode)
 		}
+		sent.Store(int64(i + 2))
 	}
 }
