@@ -29,7 +29,10 @@ run:
 ## test: vet, then every test, of the service's module and then of the
 ## e2e/ module (the binary's replies against api/openapi.json, the dashboard
 ## in headless Chromium, skipped without one); with the race detector when
-## cgo works (a C compiler is there, as in CI), else without it, saying which
+## cgo works (a C compiler is there, as in CI), else without it, saying which.
+## In e2e/ the race detector goes into the aggregator binary the tests run
+## (E2E_RACE), not into the test binary: that one is only clients, and its
+## dependencies (chromedp, libopenapi) cost a minute more to build with it.
 test:
 	@if [ "$$($(GO) env CGO_ENABLED)" = 1 ] && command -v "$$($(GO) env CC)" >/dev/null 2>&1; then \
 		echo "make test: with the race detector"; race=-race; \
@@ -37,7 +40,7 @@ test:
 		echo "make test: no C compiler for cgo, so WITHOUT the race detector (install gcc to get it)"; race=; export CGO_ENABLED=0; \
 	fi; \
 	$(GO) vet ./... && $(GO) test $$race -count=1 ./... && \
-	cd e2e && $(GO) vet ./... && $(GO) test $$race -count=1 ./...
+	cd e2e && $(GO) vet ./... && E2E_RACE=$$race $(GO) test -count=1 ./...
 
 ## test-short: the quick subset, without the end-to-end kill tests
 test-short:

@@ -45,14 +45,20 @@ func run(m *testing.M) int {
 }
 
 // build compiles ../cmd/aggregator (the main module, next to this one) into
-// dir.
+// dir; with the race detector when E2E_RACE is -race (make test sets it
+// where cgo works), so that a race in the server under these tests fails
+// them (the binary then exits with status 66).
 func build(dir string) (string, error) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		return "", fmt.Errorf("go tool not found: %w", err)
 	}
 	bin := filepath.Join(dir, "aggregator")
-	cmd := exec.Command(goTool, "build", "-o", bin, "./cmd/aggregator")
+	args := []string{"build", "-o", bin}
+	if os.Getenv("E2E_RACE") == "-race" {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command(goTool, append(args, "./cmd/aggregator")...)
 	cmd.Dir = ".."
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/aggregator: %w\n%s", err, out)
