@@ -28,10 +28,13 @@ run:
 	@exec $(BIN_DIR)/aggregator --addr $(ADDR) --data-dir $(DATA_DIR)
 
 ## test: vet, then every test; with the race detector when cgo works (a C
-## compiler is there, as in CI), else without it, saying which. Then the
-## interop module (interop/: Benthos and, when installed, syslog-ng against
-## the real binary), a module of its own so that Benthos' dependencies stay
-## out of the service's go.mod.
+## compiler is there, as in CI), else without it, saying which. The service's
+## module first, then the modules of their own (so that their dependencies
+## stay out of the service's go.mod): cluster/ (real nats-servers, kill -9
+## tests), e2e/ (the binary's replies against api/openapi.json, the dashboard
+## in headless Chromium; there the race detector goes into the aggregator
+## binary the tests run, E2E_RACE, not into the test binary), and interop/
+## (Benthos and, when installed, syslog-ng against the real binary).
 test:
 	@if [ "$$($(GO) env CGO_ENABLED)" = 1 ] && command -v "$$($(GO) env CC)" >/dev/null 2>&1; then \
 		echo "make test: with the race detector"; race=-race; \
@@ -40,7 +43,9 @@ test:
 	fi; \
 	$(GO) vet ./... && $(GO) test $$race -count=1 ./... && \
 	echo "make test: the cluster module (cluster/: nats-server built from its module, kill -9 tests)" && \
-	(cd cluster && $(GO) vet ./... && $(GO) test $$race -count=1 ./...)
+	(cd cluster && $(GO) vet ./... && $(GO) test $$race -count=1 ./...) && \
+	echo "make test: the e2e module (OpenAPI replies, the dashboard in headless Chromium)" && \
+	(cd e2e && $(GO) vet ./... && E2E_RACE=$$race $(GO) test -count=1 ./...)
 	@echo "make test: interop (builds Benthos: about a minute the first time)"
 	cd interop && $(GO) vet ./... && $(GO) test -count=1 ./...
 
@@ -61,6 +66,7 @@ lint:
 	$(STATICCHECK) ./...
 	cd interop && $(GO) vet ./... && $(STATICCHECK) ./...
 	cd cluster && $(GO) vet ./... && $(STATICCHECK) ./...
+	cd e2e && $(GO) vet ./... && $(STATICCHECK) ./...
 
 ## drill: the crash drill of cmd/loadgen (kill -9 under load, restart, verify)
 drill:

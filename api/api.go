@@ -1,5 +1,7 @@
 // Package api is the HTTP interface of the aggregator: POST /publish, GET
-// /events, GET /stats, the health probes and the Prometheus metrics.
+// /events, GET /stats, the health probes and the Prometheus metrics, and the
+// OpenAPI document of them all (GET /openapi.json) and a dashboard (GET
+// /ui), both embedded.
 //
 // The package validates and decodes requests and maps errors to HTTP statuses
 // in one place (StatusOf, by the kinds of event.Kind). It checks optional bearer tokens (Tokens) and
@@ -252,6 +254,7 @@ type Handler struct {
 	denials  throttle // logging of 401 and 403 replies
 	auth     authorizer
 	inflight chan struct{} // a slot per publish request inside Backend.Publish
+	statics  statics       // GET /openapi.json and the dashboard
 
 	// closing is closed by CloseStreams: open streams and long-polls end.
 	closing   chan struct{}
@@ -276,6 +279,7 @@ func New(b Backend, opts *Options) *Handler {
 		budget:   bodyBudget{limit: o.MaxInflightBodyBytes},
 		cors:     newCORS(o.CORSOrigins),
 	}
+	h.statics = newStatics(h.auth.protected&scopeRead != 0)
 
 	r := httprouter.New()
 	r.RedirectFixedPath = false
@@ -290,27 +294,52 @@ func New(b Backend, opts *Options) *Handler {
 	r.PanicHandler = func(w http.ResponseWriter, req *http.Request, v any) {
 		h.fail(w, req, fmt.Errorf("panic in handler: %v", v))
 	}
-	r.POST("/publish", h.publish) // checks its token itself, to count refusals in its metrics
-	r.GET("/events", h.guard(scopeRead, h.events))
-	r.GET("/feed", h.guard(scopeRead, h.feed))
-	r.GET("/topics", h.guard(scopeRead, h.topics))
-	r.GET("/stats", h.guard(scopeRead, h.stats))
-	r.PUT("/consumers/:name", h.guard(scopeRead, h.putConsumer))
-	r.GET("/consumers/:name", h.guard(scopeRead, h.getConsumer))
-	r.DELETE("/consumers/:name", h.guard(scopeRead, h.deleteConsumer))
-	r.GET("/consumers/:name/next", h.guard(scopeRead, h.consumerNext))
-	r.POST("/consumers/:name/ack", h.guard(scopeRead, h.ackConsumer))
-	r.GET("/healthz", h.healthz)
-	r.HEAD("/healthz", h.healthz)
-	r.GET("/readyz", h.readyz)
-	r.HEAD("/readyz", h.readyz)
-	metrics := h.metrics.handler()
-	if !o.MetricsOpen {
-		metrics = h.guardHandler(scopeRead, metrics)
+	for _, rt := range h.routes() {
+		r.Handle(rt.method, rt.path, rt.handle)
 	}
-	r.Handler(http.MethodGet, "/metrics", metrics)
 	h.router = r
 	return h
+}
+
+// route is one route of the API: a method, a path in httprouter's syntax
+// (":name" a parameter), and its handler with its token check.
+type route struct {
+	method string
+	path   string
+	handle httprouter.Handle
+}
+
+// routes is the one table of the API's routes: New registers exactly these,
+// and TestOpenAPICoversEveryRoute checks each one against the OpenAPI
+// document api/openapi.json (served at GET /openapi.json). A route added
+// here needs its operation there, and a line in docs/api.md.
+func (h *Handler) routes() []route {
+	metrics := h.metrics.handler()
+	if !h.opts.MetricsOpen {
+		metrics = h.guardHandler(scopeRead, metrics)
+	}
+	return []route{
+		{http.MethodPost, "/publish", h.publish}, // checks its token itself, to count refusals in its metrics
+		{http.MethodGet, "/events", h.guard(scopeRead, h.events)},
+		{http.MethodGet, "/feed", h.guard(scopeRead, h.feed)},
+		{http.MethodGet, "/topics", h.guard(scopeRead, h.topics)},
+		{http.MethodGet, "/stats", h.guard(scopeRead, h.stats)},
+		{http.MethodPut, "/consumers/:name", h.guard(scopeRead, h.putConsumer)},
+		{http.MethodGet, "/consumers/:name", h.guard(scopeRead, h.getConsumer)},
+		{http.MethodDelete, "/consumers/:name", h.guard(scopeRead, h.deleteConsumer)},
+		{http.MethodGet, "/consumers/:name/next", h.guard(scopeRead, h.consumerNext)},
+		{http.MethodPost, "/consumers/:name/ack", h.guard(scopeRead, h.ackConsumer)},
+		{http.MethodGet, "/healthz", h.healthz},
+		{http.MethodHead, "/healthz", h.healthz},
+		{http.MethodGet, "/readyz", h.readyz},
+		{http.MethodHead, "/readyz", h.readyz},
+		{http.MethodGet, "/metrics", func(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+			metrics.ServeHTTP(w, r)
+		}},
+		{http.MethodGet, "/openapi.json", h.openapi},
+		{http.MethodGet, "/ui", h.dashboard},
+		{http.MethodGet, "/ui/:file", h.dashboardFile},
+	}
 }
 
 // CloseStreams ends the open Server-Sent Events streams and long-polls
