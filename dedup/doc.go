@@ -31,6 +31,14 @@
 // Maintain while the consumer is idle (retention.go, window.go). Stored ==
 // Unique - Expired, and the stored seqs are Unique - Expired of 1..Unique.
 //
+// # Offline and online tools
+//
+// Backup streams a consistent snapshot of the database from one read
+// transaction while Apply goes on; RestoreBackup checks one and writes a
+// new index file from it. CheckIndex checks an index file offline, beyond
+// bbolt's own check, and Upgrade converts an index of format 2 (the
+// previous release) into this format.
+//
 // # Exactly-once effects
 //
 // The log delivers every acknowledged record at least once: after a crash the
