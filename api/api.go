@@ -76,6 +76,9 @@ type Stats struct {
 	Received   uint64 // events acknowledged by POST /publish
 	Unique     uint64 // events the index kept
 	Duplicates uint64 // events the index dropped as duplicates
+	Expired    uint64 // unique events removed by retention
+	Stored     uint64 // unique events still stored (= Unique - Expired)
+	FirstSeq   uint64 // seq of the oldest stored event (LastSeq+1 when none)
 	LastSeq    uint64 // seq of the last unique event
 	TopicCount uint64 // topics with at least one unique event
 	WAL        WALStats
@@ -95,6 +98,7 @@ type WALStats struct {
 // DedupStats describe the deduplication index.
 type DedupStats struct {
 	Keys            uint64  `json:"keys"`
+	Forgotten       uint64  `json:"forgotten"` // keys the dedup window dropped (lifetime)
 	BloomBits       uint64  `json:"bloom_bits"`
 	BloomFPEstimate float64 `json:"bloom_fp_estimate"`
 }
@@ -230,6 +234,7 @@ type Handler struct {
 	denials  throttle // logging of 401 and 403 replies
 	auth     authorizer
 	inflight chan struct{} // a slot per publish request inside Backend.Publish
+	admin    Admin         // nil: the backend has no admin half
 
 	// closing is closed by CloseStreams: open streams and long-polls end.
 	closing   chan struct{}
@@ -273,6 +278,7 @@ func New(b Backend, opts *Options) *Handler {
 	r.DELETE("/consumers/:name", h.guard(scopeRead, h.deleteConsumer))
 	r.GET("/consumers/:name/next", h.guard(scopeRead, h.consumerNext))
 	r.POST("/consumers/:name/ack", h.guard(scopeRead, h.ackConsumer))
+	h.adminRoutes(r, b)
 	r.GET("/healthz", h.healthz)
 	r.HEAD("/healthz", h.healthz)
 	r.GET("/readyz", h.readyz)
