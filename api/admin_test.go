@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aggregator-dev/aggregator/event"
 )
@@ -166,5 +168,43 @@ func TestBackupRoute(t *testing.T) {
 	// A backend without the admin half has no admin routes.
 	if rec := do(t, New(newFake(), nil), "GET", "/admin/backup", "", ""); rec.Code != http.StatusNotFound {
 		t.Fatalf("backup without Admin: %d", rec.Code)
+	}
+}
+
+// slowAdmin writes its backup in pieces with pauses: a slow disk.
+type slowAdmin struct {
+	*fakeAdmin
+	pieces int
+	pause  time.Duration
+}
+
+func (s *slowAdmin) Backup(_ context.Context, w io.Writer, begin func(BackupInfo)) error {
+	piece := strings.Repeat("p", 1000)
+	begin(BackupInfo{Length: int64(s.pieces * len(piece))})
+	for range s.pieces {
+		time.Sleep(s.pause) // the time a slow disk takes: the write timeout must not cut the reply
+		if _, err := io.WriteString(w, piece); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestBackupOutlivesWriteTimeout: a backup takes longer than the server's
+// write timeout; each write moves the deadline instead.
+func TestBackupOutlivesWriteTimeout(t *testing.T) {
+	const timeout = 50 * time.Millisecond
+	srv := httptest.NewUnstartedServer(New(&slowAdmin{fakeAdmin: newFakeAdmin(), pieces: 8, pause: timeout / 2}, nil))
+	srv.Config.WriteTimeout = timeout
+	srv.Start()
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL + "/admin/backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || len(b) != 8000 {
+		t.Fatalf("backup over %v with a write timeout of %v: %d bytes, %v", 8*timeout/2, timeout, len(b), err)
 	}
 }

@@ -248,3 +248,46 @@ func TestFormat2RefusedThenUpgraded(t *testing.T) {
 	}
 	poll.Until(t, 10*time.Second, "the new event applied", func() bool { return ts.stats().LastSeq == 354 })
 }
+
+func TestLifecycleFlags(t *testing.T) {
+	c, err := parseConfig([]string{"--retain-events", "1000000", "--retain-age", "720h", "--dedup-window", "24h",
+		"--wal-retain-bytes", "-1"}, envOf(map[string]string{"AGG_WAL_RETAIN_AGE": "168h"}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := lifecycleConfig{RetainAge: 720 * time.Hour, RetainEvents: 1_000_000, DedupWindow: 24 * time.Hour,
+		WALRetainBytes: -1, WALRetainAge: 168 * time.Hour}
+	if c.Lifecycle != want {
+		t.Fatalf("lifecycle %+v, want %+v", c.Lifecycle, want)
+	}
+	for _, args := range [][]string{{"--retain-age", "-1h"}, {"--dedup-window", "-1s"}, {"--wal-retain-bytes", "-2"}} {
+		if _, err := parseConfig(args, envOf(nil), &bytes.Buffer{}); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+}
+
+func TestCommandDispatch(t *testing.T) {
+	if code, out, _ := runCmd(t, "help"); code != 0 || !strings.Contains(out, "rebuild-index") {
+		t.Fatalf("help: %d %s", code, out)
+	}
+	if code, _, errs := runCmd(t, "frobnicate"); code != exitUsage || !strings.Contains(errs, `unknown command "frobnicate"`) {
+		t.Fatalf("unknown command: %d %s", code, errs)
+	}
+	if code, _, _ := runCmd(t, "check", "--nope"); code != exitUsage {
+		t.Fatalf("bad flag: %d", code)
+	}
+	if code, _, errs := runCmd(t, "compact", "extra"); code != exitUsage || !strings.Contains(errs, "unexpected argument") {
+		t.Fatalf("extra argument: %d %s", code, errs)
+	}
+	if code, _, _ := runCmd(t, "compact", "-h"); code != 0 {
+		t.Fatalf("compact -h: %d", code)
+	}
+	if code, _, errs := runCmd(t, "compact", "--data-dir", t.TempDir()); code != exitUsage || !strings.Contains(errs, "not a data directory") {
+		t.Fatalf("compact of an empty directory: %d %s", code, errs)
+	}
+	// The server's command line is unchanged: flags first.
+	if code := run([]string{"--nope"}, envOf(nil), &bytes.Buffer{}); code != 2 {
+		t.Fatalf("server with a bad flag: %d", code)
+	}
+}
