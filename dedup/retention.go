@@ -257,7 +257,9 @@ func (s *Store) expire(tx *bolt.Tx, now int64, lastSeq uint64, m *maintained) er
 		}
 		m.next = append(bytes.Clone(topic), 0) // the first topic after it
 	}
-	m.more = m.more || visited == maxVisitPerStep
+	// Topics left unvisited are due only if this step found work: an idle
+	// consumer must not step through thousands of topics without a pause.
+	m.more = m.more || (visited == maxVisitPerStep && m.expired > 0)
 	if m.expired > 0 {
 		m.firstSeq = lastSeq + 1
 		if k, _ := tx.Bucket(bucketEvents).Cursor().First(); k != nil {

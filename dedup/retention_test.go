@@ -363,3 +363,32 @@ func TestConsumerRunsIdleMaintenance(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExpiryRoundRobin: with more topics than a step looks at, steps go on
+// where the last one stopped, round again, and every topic gets its turn.
+func TestExpiryRoundRobin(t *testing.T) {
+	const topics = 2*maxVisitPerStep + 50
+	s, _ := mustOpen(t, &Options{Retention: event.Retention{Events: 1}})
+	var evs []event.Event
+	for i := range topics {
+		evs = append(evs, topicEvents(fmt.Sprintf("t%04d", i), 0, 3)...)
+	}
+	mustApply(t, s, entries(1, evs...))
+	if got := mustStats(t, s).Expired; got != 2*maxVisitPerStep {
+		t.Fatalf("the chunk's step expired %d, want %d (one step's topics)", got, 2*maxVisitPerStep)
+	}
+	steps := 0
+	for more := true; more; steps++ {
+		var err error
+		if more, err = s.Maintain(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := checkInvariants(t, s); st.Stored != topics || steps > 4 {
+		t.Fatalf("after %d steps: %+v", steps, st)
+	}
+	// Nothing left: an idle step says so at once.
+	if more, err := s.Maintain(); more || err != nil {
+		t.Fatalf("idle step: %v %v", more, err)
+	}
+}
