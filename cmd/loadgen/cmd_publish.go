@@ -32,6 +32,7 @@ type publishCommand struct {
 	httpClient    string // raw or std
 	cpuProfile    string
 	lagEvery      time.Duration // 0: no lag sampling
+	rate          float64       // events/s to pace the run at; 0: as fast as acknowledged
 
 	base string // target, checked
 }
@@ -56,7 +57,7 @@ func (c *publishCommand) Run(ctx context.Context, args []string) error {
 	}
 	client := newClient(c.concurrency)
 	defer client.CloseIdleConnections()
-	pb := &publisher{client: client, base: c.base, raw: c.httpClient == "raw", plan: p, concurrency: c.concurrency, acks: acks}
+	pb := &publisher{client: client, base: c.base, raw: c.httpClient == "raw", plan: p, concurrency: c.concurrency, acks: acks, rate: c.rate}
 	statsClient := newClient(1)
 	defer statsClient.CloseIdleConnections()
 	var lag *lagProbe
@@ -104,6 +105,7 @@ func (c *publishCommand) parseArgs(args []string) error {
 	fs.StringVar(&c.httpClient, "http-client", "raw", "raw: one lean keep-alive HTTP/1.1 connection per publisher; std: net/http Transport")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the loadgen itself during the run to this file")
 	fs.DurationVar(&c.lagEvery, "lag-interval", 0, "sample the consumer lag (GET /stats) this often and wait for lag 0 at the end (0: off)")
+	fs.Float64Var(&c.rate, "rate", 0, "pace the run at this many events per second, open loop (0: as fast as the service acknowledges)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -118,6 +120,8 @@ func (c *publishCommand) parseArgs(args []string) error {
 		return usagef("http-client must be raw or std")
 	case c.duration <= 0 || c.progressEvery <= 0:
 		return usagef("duration and progress-interval must be positive")
+	case c.rate < 0:
+		return usagef("rate must not be negative")
 	}
 	c.gen.RunID = c.runID
 	if c.gen.RunID == "" {

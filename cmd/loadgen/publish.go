@@ -26,6 +26,10 @@ type publisher struct {
 	plan        *plan
 	concurrency int
 	acks        *ackLog // nil: acknowledgements are not recorded
+	// rate, when positive, paces the run at that many events per second:
+	// request i starts no earlier than i requests' worth of events after
+	// the start (open loop: a late request does not delay the schedule).
+	rate float64
 
 	ackedEvents  atomic.Int64 // events of acknowledged requests
 	finishedReqs atomic.Int64 // requests finished, acknowledged or not, over all runs
@@ -66,11 +70,15 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 	if which != nil {
 		queue.size = len(which)
 	}
+	if pb.rate > 0 && queue.size > 0 {
+		queue.every = time.Duration(float64(pb.plan.events) / float64(len(pb.plan.requests)) / pb.rate * float64(time.Second))
+	}
 	acked := make([]bool, len(pb.plan.requests))
 	tallies := make([]workerTally, max(pb.concurrency, 1))
 	perWorker := queue.size/len(tallies) + 1
 	var wg sync.WaitGroup
 	start := time.Now()
+	queue.start = start
 	for w := range tallies {
 		wg.Go(func() { pb.work(ctx, queue, &tallies[w], perWorker, acked) })
 	}
@@ -84,6 +92,8 @@ type requestQueue struct {
 	size    int   // requests in the run
 	next    atomic.Int64
 	stopNew context.Context // no request is handed out once it ends
+	start   time.Time       // of the run
+	every   time.Duration   // > 0: request i is handed out at start + i*every, not before
 }
 
 // take returns the plan index of the next request, or false when every
@@ -92,6 +102,17 @@ func (q *requestQueue) take() (int, bool) {
 	i := int(q.next.Add(1) - 1)
 	if i >= q.size || q.stopNew.Err() != nil {
 		return 0, false
+	}
+	if q.every > 0 {
+		if wait := time.Until(q.start.Add(time.Duration(i) * q.every)); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-q.stopNew.Done():
+				t.Stop()
+				return 0, false
+			}
+		}
 	}
 	if q.which != nil {
 		i = q.which[i]
