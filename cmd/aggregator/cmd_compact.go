@@ -86,5 +86,15 @@ func compactFile(src, dst string) error {
 		return err
 	}
 	err = bolt.Compact(to, from, compactTxBytes)
-	return errors.Join(err, to.Close())
+	var used int64
+	if err == nil {
+		err = to.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil })
+	}
+	if err = errors.Join(err, to.Close()); err != nil {
+		return err
+	}
+	// bbolt grows a file ahead of its pages (to its map size, or in 16 MiB
+	// steps); the pages past the last one in use are never read: cut them,
+	// so that the file's size is what the index takes.
+	return os.Truncate(dst, used)
 }
