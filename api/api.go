@@ -1,5 +1,7 @@
 // Package api is the HTTP interface of the aggregator: POST /publish, GET
-// /events, GET /stats, the health probes and the Prometheus metrics.
+// /events, GET /stats, the health probes and the Prometheus metrics, and,
+// for a Backend that implements Admin, the admin routes (topic retention,
+// GET /admin/backup; admin.go).
 //
 // The package validates and decodes requests and maps errors to HTTP statuses
 // in one place (StatusOf, by the kinds of event.Kind). It checks optional bearer tokens (Tokens) and
