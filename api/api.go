@@ -1,7 +1,8 @@
 // Package api is the HTTP interface of the aggregator: POST /publish, GET
-// /events, GET /stats, the health probes and the Prometheus metrics, and the
-// OpenAPI document of them all (GET /openapi.json) and a dashboard (GET
-// /ui), both embedded.
+// /events, GET /feed, GET /stats, the health probes and the Prometheus
+// metrics; for a Backend that implements Admin, the admin routes (topic
+// retention, GET /admin/backup; admin.go); and the OpenAPI document of them
+// all (GET /openapi.json) and a dashboard (GET /ui), both embedded.
 //
 // The package validates and decodes requests and maps errors to HTTP statuses
 // in one place (StatusOf, by the kinds of event.Kind). It checks optional bearer tokens (Tokens) and
@@ -78,6 +79,9 @@ type Stats struct {
 	Received   uint64 // events acknowledged by POST /publish
 	Unique     uint64 // events the index kept
 	Duplicates uint64 // events the index dropped as duplicates
+	Expired    uint64 // unique events removed by retention
+	Stored     uint64 // unique events still stored (= Unique - Expired)
+	FirstSeq   uint64 // seq of the oldest stored event (LastSeq+1 when none)
 	LastSeq    uint64 // seq of the last unique event
 	TopicCount uint64 // topics with at least one unique event
 	WAL        WALStats
@@ -97,6 +101,7 @@ type WALStats struct {
 // DedupStats describe the deduplication index.
 type DedupStats struct {
 	Keys            uint64  `json:"keys"`
+	Forgotten       uint64  `json:"forgotten"` // keys the dedup window dropped (lifetime)
 	BloomBits       uint64  `json:"bloom_bits"`
 	BloomFPEstimate float64 `json:"bloom_fp_estimate"`
 }
@@ -255,6 +260,7 @@ type Handler struct {
 	auth     authorizer
 	inflight chan struct{} // a slot per publish request inside Backend.Publish
 	statics  statics       // GET /openapi.json and the dashboard
+	admin    Admin         // nil: the backend has no admin half
 
 	// closing is closed by CloseStreams: open streams and long-polls end.
 	closing   chan struct{}
@@ -294,6 +300,9 @@ func New(b Backend, opts *Options) *Handler {
 	r.PanicHandler = func(w http.ResponseWriter, req *http.Request, v any) {
 		h.fail(w, req, fmt.Errorf("panic in handler: %v", v))
 	}
+	if a, ok := b.(Admin); ok {
+		h.admin = a
+	}
 	for _, rt := range h.routes() {
 		r.Handle(rt.method, rt.path, rt.handle)
 	}
@@ -318,7 +327,7 @@ func (h *Handler) routes() []route {
 	if !h.opts.MetricsOpen {
 		metrics = h.guardHandler(scopeRead, metrics)
 	}
-	return []route{
+	rts := []route{
 		{http.MethodPost, "/publish", h.publish}, // checks its token itself, to count refusals in its metrics
 		{http.MethodGet, "/events", h.guard(scopeRead, h.events)},
 		{http.MethodGet, "/feed", h.guard(scopeRead, h.feed)},
@@ -340,6 +349,17 @@ func (h *Handler) routes() []route {
 		{http.MethodGet, "/ui", h.dashboard},
 		{http.MethodGet, "/ui/:file", h.dashboardFile},
 	}
+	if h.admin != nil {
+		// The topic of /topics/{topic}/retention is everything between
+		// /topics/ and /retention, so that a topic with a slash in it can
+		// be sent as is or as %2F.
+		rts = append(rts,
+			route{http.MethodGet, "/topics/*rest", h.guard(scopeRead, h.getRetention)},
+			route{http.MethodPut, "/topics/*rest", h.guard(scopeAdmin, h.putRetention)},
+			route{http.MethodGet, "/admin/backup", h.guard(scopeAdmin, h.backup)},
+		)
+	}
+	return rts
 }
 
 // CloseStreams ends the open Server-Sent Events streams and long-polls

@@ -17,12 +17,14 @@ import (
 // A scope (publishing, reading) is protected as soon as a token that grants
 // it is configured: Publish or Admin for POST /publish, Read or Admin for GET
 // /events, GET /stats and GET /metrics (the last one unless
-// Options.MetricsOpen). A scope with no such token is open. /healthz and
-// /readyz are always open.
+// Options.MetricsOpen). A scope with no such token is open. The admin scope
+// (retention settings, backups) is protected as soon as any token is
+// configured, and only the Admin token grants it: with tokens set but no
+// Admin token, nobody gets it. /healthz and /readyz are always open.
 type Tokens struct {
 	Publish string // POST /publish
 	Read    string // GET /events, /stats, /metrics
-	Admin   string // everything
+	Admin   string // everything, the admin routes included
 }
 
 // MinTokenBytes is the shortest token Tokens.Validate accepts.
@@ -71,11 +73,15 @@ type scope uint8
 const (
 	scopePublish scope = 1 << iota
 	scopeRead
+	scopeAdmin
 )
 
 func (s scope) String() string {
-	if s == scopePublish {
+	switch s {
+	case scopePublish:
 		return "publish"
+	case scopeAdmin:
+		return "admin"
 	}
 	return "read"
 }
@@ -98,12 +104,12 @@ func newAuthorizer(t Tokens) authorizer {
 	for _, c := range []struct {
 		v string
 		s scope
-	}{{t.Publish, scopePublish}, {t.Read, scopeRead}, {t.Admin, scopePublish | scopeRead}} {
+	}{{t.Publish, scopePublish}, {t.Read, scopeRead}, {t.Admin, scopePublish | scopeRead | scopeAdmin}} {
 		if c.v == "" {
 			continue
 		}
 		a.creds = append(a.creds, credential{digest: sha256.Sum256([]byte(c.v)), scopes: c.s})
-		a.protected |= c.s
+		a.protected |= c.s | scopeAdmin // any token protects the admin routes
 	}
 	return a
 }

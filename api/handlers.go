@@ -217,6 +217,9 @@ type StatsReply struct {
 	Received         uint64            `json:"received"`
 	UniqueProcessed  uint64            `json:"unique_processed"`
 	DuplicateDropped uint64            `json:"duplicate_dropped"`
+	Expired          uint64            `json:"expired"`
+	Stored           uint64            `json:"stored"`
+	FirstSeq         uint64            `json:"first_seq"`
 	LastSeq          uint64            `json:"last_seq"`
 	TopicCount       uint64            `json:"topic_count"`
 	Topics           []string          `json:"topics"`
@@ -245,6 +248,9 @@ func (h *Handler) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 		Received:         st.Received,
 		UniqueProcessed:  st.Unique,
 		DuplicateDropped: st.Duplicates,
+		Expired:          st.Expired,
+		Stored:           st.Stored,
+		FirstSeq:         st.FirstSeq,
 		LastSeq:          st.LastSeq,
 		TopicCount:       st.TopicCount,
 		Topics:           make([]string, len(topics)),

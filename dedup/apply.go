@@ -60,12 +60,22 @@ func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
 		return res, err
 	}
 	c := newChunk(work, s.k)
-	c.appliedAt = s.now().UnixNano()
+	// Apply times never go back, also when the clock does: expiry by age
+	// stops at the first event young enough, in seq order.
+	now := s.now().UnixNano()
+	c.appliedAt = max(now, s.lastApplied)
 	c.testBloom(s.bloom)
 	runs, nextRun := s.runs, s.nextRun
+	var m maintained
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		var err error
 		runs, nextRun, err = s.commitChunk(tx, c, runs, nextRun)
+		if err == nil {
+			m, err = s.maintain(tx, runs, s.lastSeq.Load()+uint64(len(c.fresh)), now)
+		}
+		if err == nil && s.opts.failCommit != nil {
+			err = s.opts.failCommit()
+		}
 		return err
 	})
 	if err != nil {
@@ -74,7 +84,8 @@ func (s *Store) Apply(entries []Entry) (ApplyResult, error) {
 		}
 		return res, fmt.Errorf("commit chunk: %w", err)
 	}
-	s.committed(c, runs, nextRun)
+	s.committed(c, m.runs, nextRun)
+	s.maintained(m)
 	res.Unique, res.Duplicates, res.Malformed = len(c.fresh), c.dups, c.malformed
 	res.Checkpoint = s.checkpoint.Load()
 	return res, nil
@@ -123,11 +134,6 @@ func (s *Store) commitChunk(tx *bolt.Tx, c *chunk, runs []runInfo, nextRun uint6
 	if err := c.writeMeta(tx, nextRun); err != nil {
 		return nil, 0, err
 	}
-	if s.opts.failCommit != nil {
-		if err := s.opts.failCommit(); err != nil {
-			return nil, 0, err
-		}
-	}
 	return runs, nextRun, nil
 }
 
@@ -168,13 +174,22 @@ func (s *Store) committed(c *chunk, runs []runInfo, nextRun uint64) {
 	}
 	s.bloom.addAll(newKeys, newLocs)
 	keys := s.keys.Add(uint64(len(newKeys)))
+	added := s.frontAdded.Add(uint64(len(newKeys)))
 	s.lastSeq.Add(uint64(len(newKeys)))
 	s.topics.Add(uint64(c.newTopics))
+	s.lastApplied = c.appliedAt
 	s.verdicts.put(c)
 	s.checkpoint.Store(c.work[len(c.work)-1].Offset)
 	s.applied.bump()
-	if uint(keys) > s.bloom.capacityNow() && !s.closed.Load() {
-		s.startGrow(uint(keys) * 2)
+	// The filter is rebuilt twice as large when the keys outgrow it, and,
+	// with a dedup window (keys are forgotten, their bits stay), when as
+	// many keys were added as it was sized for.
+	capacity := s.bloom.capacityNow()
+	if s.closed.Load() {
+		return
+	}
+	if uint(keys) > capacity || (s.opts.DedupWindow > 0 && uint(added) > capacity) {
+		s.startGrow(max(uint(keys)*2, s.opts.ExpectedKeys))
 	}
 }
 

@@ -146,54 +146,81 @@ func BenchmarkApply(b *testing.B) {
 	for _, keys := range benchSizes() {
 		for _, dup := range []int{0, 20, 90} {
 			b.Run(fmt.Sprintf("keys=%s/dup=%d%%", human(keys), dup), func(b *testing.B) {
-				path := copyFixture(b, keys)
-				s, err := Open(path, &Options{ExpectedKeys: uint(keys)})
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer s.Close()
-				// The whole workload is generated (and its garbage collected)
-				// before the clock starts: only Apply is measured.
-				rng := rand.New(rand.NewPCG(uint64(keys), uint64(dup)))
-				next := uint64(keys) // next new key
-				off := s.Checkpoint() + 1
-				all := make([]Entry, b.N)
-				for i := range all {
-					var e event.Event
-					if rng.IntN(100) < dup {
-						e = benchEvent(rng.Uint64N(uint64(keys)))
-					} else {
-						e = benchEvent(next)
-						next++
-					}
-					all[i] = Entry{Offset: off, Event: e}
-					off++
-				}
-				runtime.GC()
-				var unique, dups int
-				cpu0 := cpuTime()
-				b.ResetTimer()
-				for done := 0; done < b.N; {
-					es := all[done:min(done+*benchChunk, b.N)]
-					res, err := s.Apply(es)
-					if err != nil {
-						b.Fatal(err)
-					}
-					unique += res.Unique
-					dups += res.Duplicates
-					done += len(es)
-				}
-				cpu := cpuTime() - cpu0
-				b.StopTimer()
-				if unique+dups != b.N {
-					b.Fatalf("%d unique + %d duplicates != %d", unique, dups, b.N)
-				}
-				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
-				b.ReportMetric(float64(b.N)/cpu.Seconds(), "events/cpu-s")
-				b.ReportMetric(0, "ns/op")
+				benchApply(b, keys, dup, &Options{ExpectedKeys: uint(keys)})
 			})
 		}
 	}
+}
+
+// BenchmarkApplyRetention is BenchmarkApply at 20% duplicates with every
+// topic bounded to its share of the stored keys (--retain-events): each
+// chunk expires about as many events as it stores, in its transaction.
+// Compare with BenchmarkApply/keys=*/dup=20%.
+func BenchmarkApplyRetention(b *testing.B) {
+	for _, keys := range benchSizes() {
+		b.Run(fmt.Sprintf("keys=%s/dup=20%%", human(keys)), func(b *testing.B) {
+			perTopic := uint64(keys / 16) // benchEvent spreads the keys over 16 topics
+			benchApply(b, keys, 20, &Options{ExpectedKeys: uint(keys), Retention: event.Retention{Events: perTopic}})
+		})
+	}
+}
+
+// benchApply runs one cell of BenchmarkApply with the store options opts.
+func benchApply(b *testing.B, keys, dup int, opts *Options) {
+	path := copyFixture(b, keys)
+	s, err := Open(path, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	// With retention, expire what the fixture holds past the bounds first:
+	// the steady state is measured, not the catch-up.
+	for more := true; more; {
+		if more, err = s.Maintain(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	expired0 := s.expired.Load()
+	// The whole workload is generated (and its garbage collected)
+	// before the clock starts: only Apply is measured.
+	rng := rand.New(rand.NewPCG(uint64(keys), uint64(dup)))
+	next := uint64(keys) // next new key
+	off := s.Checkpoint() + 1
+	all := make([]Entry, b.N)
+	for i := range all {
+		var e event.Event
+		if rng.IntN(100) < dup {
+			e = benchEvent(rng.Uint64N(uint64(keys)))
+		} else {
+			e = benchEvent(next)
+			next++
+		}
+		all[i] = Entry{Offset: off, Event: e}
+		off++
+	}
+	runtime.GC()
+	var unique, dups int
+	cpu0 := cpuTime()
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		es := all[done:min(done+*benchChunk, b.N)]
+		res, err := s.Apply(es)
+		if err != nil {
+			b.Fatal(err)
+		}
+		unique += res.Unique
+		dups += res.Duplicates
+		done += len(es)
+	}
+	cpu := cpuTime() - cpu0
+	b.StopTimer()
+	if unique+dups != b.N {
+		b.Fatalf("%d unique + %d duplicates != %d", unique, dups, b.N)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	b.ReportMetric(float64(b.N)/cpu.Seconds(), "events/cpu-s")
+	b.ReportMetric(float64(s.expired.Load()-expired0)/float64(b.N), "expired/event")
+	b.ReportMetric(0, "ns/op")
 }
 
 // BenchmarkOpen measures Open of a database holding `keys` keys, until the

@@ -74,7 +74,7 @@ func (s *Store) startGrow(newCap uint) {
 	go func() {
 		defer s.wg.Done()
 		defer s.growing.Store(false)
-		f, _, err := s.buildFilter(newCap, true)
+		f, scanned, err := s.buildFilter(newCap, true)
 		s.bloom.mu.Lock()
 		defer s.bloom.mu.Unlock()
 		pending := s.bloom.pending
@@ -89,6 +89,7 @@ func (s *Store) startGrow(newCap uint) {
 			f.Add(k)
 		}
 		s.bloom.f, s.bloom.capacity = f, newCap
+		s.frontAdded.Store(uint64(scanned + len(pending)))
 	}()
 }
 

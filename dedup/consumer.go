@@ -35,6 +35,9 @@ const (
 	DefaultChunkDelay   = 2 * time.Millisecond
 	DefaultRetryMin     = 10 * time.Millisecond
 	DefaultRetryMax     = 2 * time.Second
+	// DefaultIdleInterval is how often an idle consumer runs a
+	// maintenance step (Store.Maintain).
+	DefaultIdleInterval = time.Second
 )
 
 // ConsumerOptions configure a Consumer. A nil *ConsumerOptions, or a zero
@@ -50,6 +53,12 @@ type ConsumerOptions struct {
 	// RetryMin and RetryMax bound the exponential backoff after a failed
 	// read or apply (defaults DefaultRetryMin, DefaultRetryMax).
 	RetryMin, RetryMax time.Duration
+	// IdleInterval is how often the consumer, while it has nothing to
+	// apply, runs a maintenance step of the store (expiry, the dedup
+	// window) and tells the log what it may free (default
+	// DefaultIdleInterval). After a step that a bound stopped, the next one
+	// follows at once unless records arrived.
+	IdleInterval time.Duration
 	// Logger receives operational messages (nil discards them).
 	Logger *slog.Logger
 	// Registerer, when set, gets the consumer's metrics: chunk apply time
@@ -104,6 +113,9 @@ func NewConsumer(s *Store, src Source, opts *ConsumerOptions) (*Consumer, error)
 	}
 	if o.RetryMax < o.RetryMin {
 		o.RetryMax = max(DefaultRetryMax, o.RetryMin)
+	}
+	if o.IdleInterval <= 0 {
+		o.IdleInterval = DefaultIdleInterval
 	}
 	logger := o.Logger
 	if logger == nil {
@@ -180,7 +192,7 @@ func (c *Consumer) run() {
 	for c.ctx.Err() == nil {
 		if chunk == nil {
 			next := c.s.Checkpoint() + 1
-			if err := c.src.Wait(c.ctx, next-1); err != nil {
+			if err := c.waitIdle(next - 1); err != nil {
 				if c.ctx.Err() != nil || !fail("dedup: wait for log", err) {
 					return
 				}
@@ -232,6 +244,37 @@ func (c *Consumer) run() {
 		}
 		if err := c.src.TruncateFront(res.Checkpoint + 1); err != nil {
 			c.logger.Warn("dedup: truncate log front", "offset", res.Checkpoint+1, "err", err)
+		}
+	}
+}
+
+// waitIdle waits, as Source.Wait, for a record after offset after,
+// running a maintenance step every IdleInterval meanwhile (at once again
+// after one that a bound stopped). A failed step is logged and retried at
+// the next interval; it does not stop the wait.
+func (c *Consumer) waitIdle(after uint64) error {
+	wait := c.opts.IdleInterval
+	for {
+		ctx, cancel := context.WithTimeout(c.ctx, wait)
+		err := c.src.Wait(ctx, after)
+		cancel()
+		if err == nil || c.ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		more, err := c.s.Maintain()
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+		if err != nil {
+			c.logger.Error("dedup: maintenance step", "err", err)
+		}
+		// An archive bounded by age frees segments without new records.
+		if err := c.src.TruncateFront(after + 1); err != nil {
+			c.logger.Warn("dedup: truncate log front", "offset", after+1, "err", err)
+		}
+		wait = c.opts.IdleInterval
+		if more && err == nil {
+			wait = 0
 		}
 	}
 }

@@ -147,12 +147,13 @@ func (s *Store) DeleteCursor(name string) error {
 	})
 }
 
-// withPending fills c.Pending: the events after c.Acked, of c.Topic when set
-// (its lifetime count minus the ordinal of its last event at or before
-// Acked), in O(1) B+tree seeks.
+// withPending fills c.Pending: the stored events after c.Acked, of c.Topic
+// when set (its lifetime count minus the ordinal before the first stored
+// event after Acked), in O(1) B+tree seeks. Expired events are not pending:
+// they can no longer be read.
 func (s *Store) withPending(c event.Cursor) (event.Cursor, error) {
 	if c.Topic == "" {
-		c.Pending = behind(s.LastSeq(), c.Acked)
+		c.Pending = behind(s.LastSeq(), max(c.Acked, s.firstSeq.Load()-1))
 		return c, nil
 	}
 	err := s.view(func(tx *bolt.Tx) error {
@@ -161,16 +162,9 @@ func (s *Store) withPending(c event.Cursor) (event.Cursor, error) {
 		if b == nil {
 			return nil
 		}
-		var ordinal uint64
-		cur := b.Cursor()
-		k, _ := cur.Seek(appendSeqKey(nil, c.Acked+1))
-		if k == nil {
-			_, v := cur.Last()
-			ordinal = u64(v)
-		} else if _, v := cur.Prev(); v != nil {
-			ordinal = u64(v)
+		if k, v := b.Cursor().Seek(appendSeqKey(nil, c.Acked+1)); k != nil {
+			c.Pending = behind(count+1, u64(v)) // ordinals u64(v) to count
 		}
-		c.Pending = behind(count, ordinal)
 		return nil
 	})
 	return c, err

@@ -4,16 +4,40 @@
 // # Storage
 //
 // One bbolt database (index.db in the data directory) holds everything the
-// consumer produces:
+// consumer produces (format 3, see store.go):
 //
 //   - seen and runs: the authoritative set of (topic, event_id) keys, kept
-//     as a few sorted runs of key blocks (see below), and the size of each run;
-//   - idx: one nested bucket per topic whose keys are (timestamp, offset) and
-//     whose values are the encoded events, so the stored events and their
-//     per-topic order are the same B+tree (a clustered index);
+//     as a few sorted runs of key blocks (see below), each key with the seq
+//     of the event first stored with it, and each run's size and span of
+//     apply times;
+//   - events: every stored unique event keyed by its seq (1, 2, 3, ... in
+//     apply order, dense, never reused), with its log offset and apply
+//     time; byseq/<topic> (seq to the event's ordinal in its topic) and
+//     bytime/<topic> ((timestamp, offset) to seq) index them per topic;
 //   - topics: the lifetime count of unique events per topic;
+//   - consumers: the named cursors; retention: the topics' own retention;
 //   - meta: the checkpoint (last applied log offset), the lifetime counters
-//     (unique, duplicates, malformed) and the format version.
+//     (unique, duplicates, malformed, expired, forgotten) and the format
+//     version.
+//
+// # Lifecycle
+//
+// Retention (Options.Retention, SetRetention) expires the oldest stored
+// events of a topic by count or by apply time: they leave the events and
+// the topic's indexes, their keys stay in the seen set, so a late resend is
+// still a duplicate. The dedup window (Options.DedupWindow) forgets keys
+// older than it by dropping whole runs of the seen set. Both run in
+// maintenance steps bounded in size, inside each Apply transaction and in
+// Maintain while the consumer is idle (retention.go, window.go). Stored ==
+// Unique - Expired, and the stored seqs are Unique - Expired of 1..Unique.
+//
+// # Offline and online tools
+//
+// Backup streams a consistent snapshot of the database from one read
+// transaction while Apply goes on; RestoreBackup checks one and writes a
+// new index file from it. CheckIndex checks an index file offline, beyond
+// bbolt's own check, and Upgrade converts an index of format 2 (the
+// previous release) into this format.
 //
 // # Exactly-once effects
 //
@@ -67,8 +91,9 @@
 //
 // # Listing
 //
-// List pages through one topic in (timestamp, offset) order or through all
-// topics in (topic, timestamp, offset) order. A cursor names the last event
+// Feed pages through the events in seq order (all, or one topic's through
+// byseq). List pages through one topic in (timestamp, offset) order or
+// through all topics in (topic, timestamp, offset) order, through bytime. A cursor names the last event
 // of the previous page; a page seeks to it and reads limit+1 keys, so each
 // page costs O(limit) B+tree steps whatever the number of stored events.
 package dedup

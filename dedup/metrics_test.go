@@ -24,6 +24,7 @@ func TestMetrics(t *testing.T) {
 		"aggregator_consumer_checkpoint":                   3,
 		"aggregator_dedup_keys":                            2,
 		"aggregator_topics":                                2,
+		"aggregator_events_expired":                        0,
 		"aggregator_consumer_entries_per_apply_count":      1,
 		"aggregator_consumer_apply_duration_seconds_count": 1,
 	}

@@ -87,6 +87,7 @@ type runWriter struct {
 	data   []byte
 	first  []byte
 	n      uint64
+	span   runSpan // apply times of the keys
 }
 
 func (w *runWriter) add(k []byte, seq uint64) error {
@@ -130,12 +131,42 @@ func encodeBlock(offs []uint32, seqs []uint64, data []byte) []byte {
 	return v
 }
 
-// runInfo is one sorted run: its bucket name (id), number of keys and, in
-// memory only, a bloom filter of exactly its keys.
+// runInfo is one sorted run: its bucket name (id), number of keys, the
+// apply times of its oldest and newest keys and, in memory only, a bloom
+// filter of exactly its keys.
 type runInfo struct {
 	id uint64
 	n  uint64
-	f  *bloom.BloomFilter
+	runSpan
+	f *bloom.BloomFilter
+}
+
+// runSpan is the range of apply times (Unix nanoseconds) of a run's keys.
+type runSpan struct {
+	oldest, newest int64
+}
+
+// union returns the span of two runs merged.
+func (a runSpan) union(b runSpan) runSpan {
+	return runSpan{oldest: min(a.oldest, b.oldest), newest: max(a.newest, b.newest)}
+}
+
+// Run entry (the runs bucket): number of keys, then the apply times of the
+// oldest and the newest key (int64 Unix nanoseconds), all big-endian. An
+// entry of only the number of keys was written by a version that did not
+// keep the times: its oldest time is unknown (0) and its newest is taken to
+// be the time of the Open (later than the truth: the dedup window never
+// drops it too early).
+const (
+	runEntryLen    = 24
+	oldRunEntryLen = 8
+)
+
+func encodeRunEntry(r runInfo) []byte {
+	v := make([]byte, 0, runEntryLen)
+	v = binary.BigEndian.AppendUint64(v, r.n)
+	v = binary.BigEndian.AppendUint64(v, uint64(r.oldest))
+	return binary.BigEndian.AppendUint64(v, uint64(r.newest))
 }
 
 // probeRun is a run opened in a transaction.
@@ -155,14 +186,19 @@ func addLocs(f *bloom.BloomFilter, locs []uint64) {
 
 func runName(id uint64) []byte { return putU64(id) }
 
-// loadRuns reads the run list, oldest first.
-func loadRuns(tx *bolt.Tx) ([]runInfo, error) {
+// loadRuns reads the run list, oldest first; opened is the time of the
+// Open, the newest apply time of a run whose entry holds none.
+func loadRuns(tx *bolt.Tx, opened int64) ([]runInfo, error) {
 	var runs []runInfo
 	err := tx.Bucket(bucketRuns).ForEach(func(k, v []byte) error {
-		if len(k) != 8 || len(v) != 8 {
+		if len(k) != 8 || (len(v) != runEntryLen && len(v) != oldRunEntryLen) {
 			return fmt.Errorf("bad run entry %x", k)
 		}
-		runs = append(runs, runInfo{id: u64(k), n: u64(v)})
+		r := runInfo{id: u64(k), n: u64(v[:8]), runSpan: runSpan{newest: opened}}
+		if len(v) == runEntryLen {
+			r.oldest, r.newest = int64(binary.BigEndian.Uint64(v[8:])), int64(binary.BigEndian.Uint64(v[16:]))
+		}
+		runs = append(runs, r)
 		return nil
 	})
 	return runs, err
@@ -227,30 +263,32 @@ func inRuns(probe []probeRun, k []byte, locs []uint64) (uint64, bool) {
 	return 0, false
 }
 
-// newRun creates the bucket of run id and a writer for it.
-func (s *Store) newRun(tx *bolt.Tx, id uint64, keys uint64) (*runWriter, error) {
+// newRun creates the bucket of run id, whose keys were applied in span,
+// and a writer for it.
+func (s *Store) newRun(tx *bolt.Tx, id uint64, keys uint64, span runSpan) (*runWriter, error) {
 	b, err := tx.Bucket(bucketSeen).CreateBucket(runName(id))
 	if err != nil {
 		return nil, fmt.Errorf("create run: %w", err)
 	}
 	b.FillPercent = 1.0 // blocks arrive in key order: fill pages completely
-	return &runWriter{b: b, target: s.opts.blockTarget, f: s.newFilter(uint(keys))}, nil
+	return &runWriter{b: b, target: s.opts.blockTarget, f: s.newFilter(uint(keys)), span: span}, nil
 }
 
-// finishRun flushes w and records run id with its size.
+// finishRun flushes w and records run id with its size and span.
 func finishRun(tx *bolt.Tx, w *runWriter, id uint64) (runInfo, error) {
 	if err := w.flush(); err != nil {
 		return runInfo{}, err
 	}
-	if err := tx.Bucket(bucketRuns).Put(runName(id), putU64(w.n)); err != nil {
+	r := runInfo{id: id, n: w.n, runSpan: w.span, f: w.f}
+	if err := tx.Bucket(bucketRuns).Put(runName(id), encodeRunEntry(r)); err != nil {
 		return runInfo{}, fmt.Errorf("write run entry: %w", err)
 	}
-	return runInfo{id: id, n: w.n, f: w.f}, nil
+	return r, nil
 }
 
 // writeRun stores the chunk's new keys (c.fresh is in key order) as run id.
 func (s *Store) writeRun(tx *bolt.Tx, c *chunk, id uint64) (runInfo, error) {
-	w, err := s.newRun(tx, id, uint64(len(c.fresh)))
+	w, err := s.newRun(tx, id, uint64(len(c.fresh)), runSpan{oldest: c.appliedAt, newest: c.appliedAt})
 	if err != nil {
 		return runInfo{}, err
 	}
@@ -274,8 +312,9 @@ func tier(n uint64, fanout int) int {
 }
 
 // compact merges the newest runs while `fanout` of them share a tier (or
-// are below it), as long as the merged run would hold at most maxMergeKeys
-// keys. It returns the new run list and next run id.
+// are below it), and, with a dedup window, an epoch of the window (see
+// epochOf), as long as the merged run would hold at most maxMergeKeys keys.
+// It returns the new run list and next run id.
 //
 // The bound keeps every merge, which is written in one transaction with a
 // chunk, to a bounded number of dirty pages in memory (about 30 MB at 1M
@@ -290,8 +329,12 @@ func (s *Store) compact(tx *bolt.Tx, runs []runInfo, nextID uint64) ([]runInfo, 
 			return runs, nextID, nil
 		}
 		t := tier(runs[n-1].n, fanout)
+		epoch, ok := s.epochOf(runs[n-1].runSpan)
 		j := n - 1
-		for j > 0 && tier(runs[j-1].n, fanout) <= t {
+		for j > 0 && tier(runs[j-1].n, fanout) <= t && ok {
+			if e, ok := s.epochOf(runs[j-1].runSpan); !ok || e != epoch {
+				break
+			}
 			j--
 		}
 		if n-j < fanout {
@@ -316,10 +359,12 @@ func (s *Store) compact(tx *bolt.Tx, runs []runInfo, nextID uint64) ([]runInfo, 
 // mergeRuns writes the union of runs as run id and deletes them.
 func (s *Store) mergeRuns(tx *bolt.Tx, runs []runInfo, id uint64) (runInfo, error) {
 	var total uint64
+	span := runs[0].runSpan
 	for _, r := range runs {
 		total += r.n
+		span = span.union(r.runSpan)
 	}
-	w, err := s.newRun(tx, id, total)
+	w, err := s.newRun(tx, id, total, span)
 	if err != nil {
 		return runInfo{}, err
 	}
@@ -461,7 +506,7 @@ func (m *runMerger) next() ([]byte, uint64) {
 
 // newRunMerger merges all runs of the seen set from after a key.
 func newRunMerger(tx *bolt.Tx, after []byte) (*runMerger, error) {
-	runs, err := loadRuns(tx)
+	runs, err := loadRuns(tx, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/aggregator-dev/aggregator/event"
 	"github.com/bits-and-blooms/bloom/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
@@ -64,13 +66,31 @@ var (
 	// ErrLocked is returned by Open when another process holds the database
 	// file lock for longer than Options.LockTimeout.
 	ErrLocked = errors.New("dedup: database locked")
-	// ErrFormat is returned by Open when the database was written in a format
-	// this version does not understand.
+	// ErrFormat is returned (wrapped, by a *FormatError when the file names
+	// its version) by Open when the database was written in a format this
+	// version does not understand.
 	ErrFormat = errors.New("dedup: unsupported database format")
 	// ErrOutOfOrder is returned by Apply when the entries above the checkpoint
 	// are not consecutive offsets starting at Checkpoint()+1.
 	ErrOutOfOrder = errors.New("dedup: entries out of order")
 )
+
+// FormatError is returned by Open for a database of another format
+// version; it matches ErrFormat. Version 2 (the previous release) is
+// converted by Upgrade.
+type FormatError struct {
+	Path    string
+	Version uint64 // the version the file holds
+}
+
+func (e *FormatError) Error() string {
+	return fmt.Sprintf("dedup: %s holds index format %d, this version reads format %d", e.Path, e.Version, formatVersion)
+}
+
+func (e *FormatError) Unwrap() error { return ErrFormat }
+
+// FormatVersion is the format of the index files this version writes.
+const FormatVersion = formatVersion
 
 // Options configure a Store. A nil *Options, or a zero field, means the
 // documented default.
@@ -90,8 +110,24 @@ type Options struct {
 	Logger *slog.Logger
 
 	// Registerer, when set, gets the index's metrics (aggregator_dedup_keys,
-	// aggregator_topics, aggregator_consumer_checkpoint).
+	// aggregator_topics, aggregator_consumer_checkpoint,
+	// aggregator_events_expired).
 	Registerer prometheus.Registerer
+
+	// Retention is the default retention of every topic (zero: every event
+	// is kept); SetRetention gives a topic its own. See retention.go.
+	Retention event.Retention
+	// DedupWindow, when positive, lets the seen set forget keys applied
+	// longer ago than it, so that its size is bounded (see window.go for
+	// what it promises); zero remembers every key for good.
+	DedupWindow time.Duration
+	// ExpireBatch bounds the events one maintenance step expires (default
+	// DefaultExpireBatch).
+	ExpireBatch int
+	// ReadOnly opens the database read-only, beside other readers, for
+	// checks: Apply and every other writer fail, and Close writes no
+	// filter snapshot. The database must exist.
+	ReadOnly bool
 
 	// Test hooks, set by this package's tests and benchmarks.
 	//
@@ -113,10 +149,14 @@ type Stats struct {
 	Unique          uint64  // unique events stored (= Keys)
 	Duplicates      uint64  // entries dropped as duplicates
 	Malformed       uint64  // entries skipped as invalid (empty or oversized topic/event ID, undecodable record)
+	Expired         uint64  // unique events removed by retention (lifetime)
+	Stored          uint64  // unique events still stored (= Unique - Expired)
+	FirstSeq        uint64  // seq of the oldest stored event; LastSeq+1 when none is stored
+	Forgotten       uint64  // keys the dedup window dropped from the seen set (lifetime)
 	Checkpoint      uint64  // last applied log offset; Unique+Duplicates+Malformed when the log starts at 1
 	LastSeq         uint64  // seq of the last unique event (= Unique)
 	TopicCount      uint64  // topics with at least one unique event (Topics lists them)
-	Keys            uint64  // keys in the seen set (= Unique)
+	Keys            uint64  // keys in the seen set (= Unique - Forgotten)
 	SeenRuns        int     // sorted runs the seen set is split into
 	RunFilterBits   uint64  // bits of the per-run bloom filters, together
 	BloomBits       uint64  // size of the front bloom filter in bits
@@ -143,6 +183,15 @@ type Store struct {
 	bloom      *guardedFilter
 	growing    atomic.Bool   // a bloom rebuild is running
 	runBits    atomic.Uint64 // bits of the run filters (for Stats)
+	frontAdded atomic.Uint64 // keys added to the front filter since it was built
+
+	// Lifecycle (retention.go, window.go).
+	expired     atomic.Uint64                      // events expired (lifetime)
+	firstSeq    atomic.Uint64                      // oldest stored seq, lastSeq+1 when none
+	forgotten   atomic.Uint64                      // keys dropped by the dedup window (lifetime)
+	lastApplied int64                              // apply time of the last chunk; guarded by applyMu
+	overrides   map[string]event.RetentionOverride // guarded by applyMu
+	expireNext  []byte                             // topic the next expiry step starts at; guarded by applyMu
 
 	verdicts verdictRing // what the recent entries were: new or duplicate, and their seq
 	applied  notifier    // bumped after every commit
@@ -169,8 +218,10 @@ func Open(path string, opts *Options) (*Store, error) {
 		// The freelist is written at every commit (small: runs free their
 		// pages only when merged). NoFreelistSync would make Open walk every
 		// page of the file to rebuild it: seconds at 1M events on a cold cache.
-		FreelistType: bolt.FreelistMapType,
-		NoSync:       o.noSync,
+		FreelistType:    bolt.FreelistMapType,
+		NoSync:          o.noSync,
+		ReadOnly:        o.ReadOnly,
+		InitialMmapSize: mmapSize(path, o.ReadOnly),
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
@@ -178,7 +229,8 @@ func Open(path string, opts *Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s := &Store{db: db, logger: o.Logger, opts: o, fpRate: o.FalsePositiveRate, stop: make(chan struct{}), now: time.Now}
+	s := &Store{db: db, logger: o.Logger, opts: o, fpRate: o.FalsePositiveRate, stop: make(chan struct{}), now: time.Now,
+		overrides: map[string]event.RetentionOverride{}}
 	s.verdicts.init(verdictRingSize)
 	s.applied.init()
 	_, s.k = bloom.EstimateParameters(DefaultExpectedKeys, o.FalsePositiveRate)
@@ -226,6 +278,9 @@ func (o *Options) withDefaults() Options {
 	if r.rebuildBatch <= 0 {
 		r.rebuildBatch = 64 << 10
 	}
+	if r.ExpireBatch <= 0 {
+		r.ExpireBatch = DefaultExpireBatch
+	}
 	if r.Logger == nil {
 		r.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -250,6 +305,7 @@ func (s *Store) loadFilters() error {
 		}
 	}
 	s.bloom = newGuardedFilter(f, capacity)
+	s.frontAdded.Store(uint64(f.ApproximatedSize()))
 	s.setRunBits()
 	return nil
 }
@@ -271,6 +327,8 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 			func() float64 { return float64(s.topics.Load()) }),
 		gauge("aggregator_consumer_checkpoint", "Offset of the last event applied to the index.",
 			func() float64 { return float64(s.checkpoint.Load()) }),
+		gauge("aggregator_events_expired", "Unique events removed by retention (lifetime).",
+			func() float64 { return float64(s.expired.Load()) }),
 	} {
 		if err := reg.Register(c); err != nil {
 			return fmt.Errorf("register metrics: %w", err)
@@ -295,6 +353,9 @@ func (s *Store) init() error {
 	if err != nil || !fresh {
 		return err
 	}
+	if s.opts.ReadOnly {
+		return fmt.Errorf("%w: no index in the file", ErrFormat)
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -311,20 +372,36 @@ func (s *Store) init() error {
 	})
 }
 
-// load checks the format and reads the checkpoint, counters and runs.
+// load checks the format and reads the checkpoint, counters, runs and
+// retention overrides.
 func (s *Store) load(tx *bolt.Tx) error {
 	meta := tx.Bucket(bucketMeta)
 	if v := meta.Get(metaVersion); u64(v) != formatVersion {
-		return fmt.Errorf("%w: version %d", ErrFormat, u64(v))
+		return &FormatError{Path: s.db.Path(), Version: u64(v)}
 	}
 	for _, name := range allBuckets {
 		if tx.Bucket(name) == nil {
 			return fmt.Errorf("%w: bucket %s missing", ErrFormat, name)
 		}
 	}
+	unique, forgotten := u64(meta.Get(metaUnique)), u64(meta.Get(metaForgotten))
+	if forgotten > unique {
+		return fmt.Errorf("%w: %d keys forgotten of %d", ErrFormat, forgotten, unique)
+	}
 	s.checkpoint.Store(u64(meta.Get(metaCheckpoint)))
-	s.keys.Store(u64(meta.Get(metaUnique)))
-	s.lastSeq.Store(u64(meta.Get(metaUnique)))
+	s.keys.Store(unique - forgotten)
+	s.lastSeq.Store(unique)
+	s.expired.Store(u64(meta.Get(metaExpired)))
+	s.forgotten.Store(forgotten)
+	s.firstSeq.Store(unique + 1)
+	if k, _ := tx.Bucket(bucketEvents).Cursor().First(); k != nil {
+		s.firstSeq.Store(u64(k))
+	}
+	if k, v := tx.Bucket(bucketEvents).Cursor().Last(); k != nil {
+		if _, at, err := decodeEventValue(u64(k), v); err == nil {
+			s.lastApplied = at
+		}
+	}
 	if v := meta.Get(metaTopics); v != nil {
 		s.topics.Store(u64(v))
 	} else { // written by a version before the counter was kept
@@ -332,8 +409,31 @@ func (s *Store) load(tx *bolt.Tx) error {
 	}
 	s.nextRun = u64(meta.Get(metaNextRun))
 	var err error
-	s.runs, err = loadRuns(tx)
+	if s.overrides, err = loadOverrides(tx); err != nil {
+		return err
+	}
+	s.runs, err = loadRuns(tx, s.now().UnixNano())
 	return err
+}
+
+// mmapHeadroom is what Open maps beyond the file's size. A writer that
+// grows the file past the map must remap it, which waits for every read
+// transaction to end: with the headroom, a long one (a backup, see
+// Backup) holds the consumer up only if the file grows by more than the
+// headroom meanwhile. The map is address space, not memory.
+const mmapHeadroom = 1 << 30
+
+// mmapSize returns the initial map size for the file at path: its size
+// and as much again, at least mmapHeadroom more.
+func mmapSize(path string, readOnly bool) int {
+	if readOnly {
+		return 0
+	}
+	var size int64
+	if fi, err := os.Stat(path); err == nil {
+		size = fi.Size()
+	}
+	return int(size + max(size, mmapHeadroom))
 }
 
 // Checkpoint returns the last log offset whose effects are committed (0 for
@@ -354,7 +454,14 @@ func (s *Store) Stats() (Stats, error) {
 		st.Unique = u64(meta.Get(metaUnique))
 		st.Duplicates = u64(meta.Get(metaDuplicates))
 		st.Malformed = u64(meta.Get(metaMalformed))
-		runs, err := loadRuns(tx)
+		st.Expired = u64(meta.Get(metaExpired))
+		st.Forgotten = u64(meta.Get(metaForgotten))
+		st.Stored = st.Unique - min(st.Expired, st.Unique)
+		st.FirstSeq = st.Unique + 1
+		if k, _ := tx.Bucket(bucketEvents).Cursor().First(); k != nil {
+			st.FirstSeq = u64(k)
+		}
+		runs, err := loadRuns(tx, 0)
 		if err != nil {
 			return err
 		}
@@ -399,9 +506,11 @@ func (s *Store) Close() error {
 		s.applyMu.Lock() // wait for a running Apply; none starts a rebuild after this
 		defer s.applyMu.Unlock()
 		s.wg.Wait()
-		if err := s.writeSnapshot(); err != nil {
-			// Not fatal: the next Open scans the seen set instead.
-			s.logger.Warn("dedup: write filter snapshot", "err", err)
+		if !s.opts.ReadOnly { // read-only: nothing was applied, nothing to snapshot
+			if err := s.writeSnapshot(); err != nil {
+				// Not fatal: the next Open scans the seen set instead.
+				s.logger.Warn("dedup: write filter snapshot", "err", err)
+			}
 		}
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close index: %w", err)

@@ -82,7 +82,7 @@ func (s *Store) Verdicts(first, last uint64, events []event.Event) ([]event.Verd
 	}
 	out := make([]event.Verdict, len(events))
 	err := s.db.View(func(tx *bolt.Tx) error {
-		runs, err := loadRuns(tx)
+		runs, err := loadRuns(tx, 0)
 		if err != nil {
 			return err
 		}
@@ -120,16 +120,22 @@ func lookupVerdict(tx *bolt.Tx, runs []runInfo, offset uint64, e *event.Event) (
 		}
 	}
 	if v.Seq == 0 {
-		return v, fmt.Errorf("offset %d: key of an applied event not in the seen set", offset)
+		return v, fmt.Errorf("offset %d: key not in the seen set: %w", offset, ErrVerdictUnknown)
 	}
-	val := tx.Bucket(bucketEvents).Get(appendSeqKey(nil, v.Seq))
+	events := tx.Bucket(bucketEvents)
+	val := events.Get(appendSeqKey(nil, v.Seq))
 	if val == nil {
-		// Expired: it was stored before, so this record (applied after
-		// it) can only be the one it was read from if the offsets agree,
-		// which the event's removal no longer tells; it is a duplicate
-		// unless it is the event itself.
-		v.Duplicate = true
-		return v, nil
+		// Expired. Seqs follow offsets: when a stored event with a later
+		// seq has an earlier offset, the original came before this record,
+		// which is then a duplicate; otherwise it cannot be told.
+		c := events.Cursor()
+		if k, nv := c.Seek(appendSeqKey(nil, v.Seq+1)); k != nil {
+			if st, _, err := decodeEventValue(u64(k), nv); err == nil && st.Offset < offset {
+				v.Duplicate = true
+				return v, nil
+			}
+		}
+		return v, fmt.Errorf("offset %d: %w", offset, ErrVerdictUnknown)
 	}
 	st, _, err := decodeEventValue(v.Seq, val)
 	if err != nil {
@@ -138,3 +144,8 @@ func lookupVerdict(tx *bolt.Tx, runs []runInfo, offset uint64, e *event.Event) (
 	v.Duplicate = st.Offset != offset
 	return v, nil
 }
+
+// ErrVerdictUnknown is returned (wrapped) by Verdicts for an old record
+// whose verdict the index can no longer tell: its event expired (and no
+// later one shows it was a duplicate), or the dedup window forgot its key.
+var ErrVerdictUnknown = errors.New("dedup: verdict no longer known")

@@ -80,5 +80,15 @@
 // TruncateFront removes whole segment files below a consumer's checkpoint,
 // oldest first, then fsyncs the directory; it does not use tidwall/wal's
 // TruncateFront, which copies the segment holding the new first record
-// while holding the lock that appends need.
+// while holding the lock that appends need. Options.RetainBytes and
+// RetainAge keep such segments as an archive of applied records, bounded by
+// the log's bytes or the segments' age, or without bound: then the log
+// holds every record from offset 1 on.
+//
+// # Offline tools
+//
+// Create makes an empty log whose first offset is given (a data directory
+// restored from an index snapshot continues its offsets), LockDir takes the
+// lock an open Log holds, and Check verifies a log read-only and reports
+// its damage and torn tail instead of cutting or refusing.
 package wal

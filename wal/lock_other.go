@@ -16,3 +16,6 @@ func lockDir(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// flockShared does nothing on systems without flock.
+func flockShared(*os.File) error { return nil }

@@ -26,3 +26,14 @@ func lockDir(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// flockShared takes a shared, non-blocking flock on f: held beside other
+// shared ones, refused (ErrLocked) while an open Log holds its exclusive
+// one.
+func flockShared(f *os.File) error {
+	err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+	if errors.Is(err, syscall.EWOULDBLOCK) {
+		return ErrLocked
+	}
+	return err
+}

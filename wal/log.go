@@ -119,6 +119,17 @@ type Options struct {
 	// while the log is unavailable and no Append arrives. Default 1s.
 	RetryInterval time.Duration
 
+	// RetainBytes and RetainAge keep segments that TruncateFront would
+	// free as an archive of applied records. With both zero (the default)
+	// TruncateFront frees every segment behind its offset. Otherwise it
+	// frees the oldest such segment only while the log's segment files
+	// hold more than RetainBytes (when positive), or while the segment's
+	// last write is more than RetainAge ago (when positive); a negative
+	// value is no bound of its own, so RetainBytes -1 with RetainAge 0
+	// keeps every segment: the log from offset 1 on, a full audit trail.
+	RetainBytes int64
+	RetainAge   time.Duration
+
 	// Test hooks, set by this package's tests: injectFault is called at
 	// each fault step, and a non-nil result makes that step fail with it;
 	// onCommit is called by the writer after each group commit, before its
@@ -178,6 +189,10 @@ type Stats struct {
 	LastOffset  uint64 // last acknowledged record, 0 when nothing was ever written
 	Segments    int    // segment files
 	Bytes       int64  // bytes in segment files (acknowledged records only)
+	// Archived is the part of Bytes in segments that TruncateFront was
+	// allowed to free but kept as an archive (Options.RetainBytes,
+	// RetainAge).
+	Archived int64
 }
 
 // Log is a write-ahead log of records with contiguous offsets. It is safe for
@@ -232,10 +247,11 @@ type Log struct {
 	watched []watchedFile
 	lost    atomic.Pointer[error]
 
-	cache   tailCache
-	reader  diskReader
-	truncMu sync.Mutex
-	removed atomic.Int64 // segments removed since tidwall/wal was last opened
+	cache    tailCache
+	reader   diskReader
+	truncMu  sync.Mutex
+	removed  atomic.Int64 // segments removed since tidwall/wal was last opened
+	archived atomic.Int64 // bytes of the segments kept as an archive (see Options.RetainBytes)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -431,7 +447,7 @@ func (l *Log) LastOffset() uint64 { return l.last.Load() }
 func (l *Log) Stats() Stats {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	st := Stats{FirstOffset: l.first, LastOffset: l.last.Load(), Segments: len(l.segs)}
+	st := Stats{FirstOffset: l.first, LastOffset: l.last.Load(), Segments: len(l.segs), Archived: l.archived.Load()}
 	for _, s := range l.segs {
 		st.Bytes += s.size
 	}

@@ -81,10 +81,11 @@ func (l *Log) Wait(ctx context.Context, after uint64) error {
 }
 
 // TruncateFront removes the segment files that hold only records below
-// offset (typically the consumer's checkpoint + 1). The tail segment is never
-// removed, and records are only ever freed by whole segments, so it is cheap
-// when nothing is to be freed; it does not block appends. Each removal is
-// followed by a directory fsync.
+// offset (typically the consumer's checkpoint + 1), oldest first, unless
+// Options.RetainBytes or RetainAge keep them as an archive. The tail segment
+// is never removed, and records are only ever freed by whole segments, so it
+// is cheap when nothing is to be freed; it does not block appends. Each
+// removal is followed by a directory fsync.
 //
 // Before it removes a segment it checks the log's directory and the watched
 // paths (see Watch); when one was removed or replaced, and from then on, it
@@ -106,7 +107,7 @@ func (l *Log) TruncateFront(offset uint64) error {
 			l.mu.Unlock()
 			return ErrClosed
 		}
-		if len(l.segs) < 2 || l.segs[1].index > offset {
+		if len(l.segs) < 2 || l.segs[1].index > offset || !l.archiveFrees(l.segs) {
 			l.mu.Unlock()
 			break
 		}
@@ -125,7 +126,49 @@ func (l *Log) TruncateFront(offset uint64) error {
 		}
 		l.removed.Add(1)
 	}
+	l.countArchived(offset)
 	return nil
+}
+
+// archiveFrees reports whether the archive bounds let TruncateFront free
+// segs[0], all of whose records are applied; the caller holds l.mu.
+func (l *Log) archiveFrees(segs []segment) bool {
+	maxBytes, maxAge := l.opts.RetainBytes, l.opts.RetainAge
+	if maxBytes == 0 && maxAge == 0 {
+		return true // no archive
+	}
+	if maxBytes > 0 {
+		var total int64
+		for _, s := range segs {
+			total += s.size
+		}
+		if total > maxBytes {
+			return true
+		}
+	}
+	if maxAge > 0 {
+		// A segment is not written after the next one began: its
+		// modification time is the time of its last record.
+		if fi, err := os.Stat(segs[0].path); err == nil && l.opts.now().Sub(fi.ModTime()) > maxAge {
+			return true
+		}
+	}
+	return false
+}
+
+// countArchived records the bytes of the segments wholly below offset that
+// the archive keeps (Stats.Archived).
+func (l *Log) countArchived(offset uint64) {
+	if l.opts.RetainBytes == 0 && l.opts.RetainAge == 0 {
+		return
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	var n int64
+	for i := 0; i+1 < len(l.segs) && l.segs[i+1].index <= offset; i++ {
+		n += l.segs[i].size
+	}
+	l.archived.Store(n)
 }
 
 // frees reports whether TruncateFront(offset) would remove a segment.

@@ -136,7 +136,9 @@ func (b *backend) admit(n uint64, bytes int64) error {
 		}
 	}
 	if b.limits.maxBytes > 0 {
-		if size := b.appender.Stats().Bytes + b.pendingBytes; size > b.limits.maxBytes {
+		// Segments kept as an archive (--wal-retain-*) are not a backlog.
+		st := b.appender.Stats()
+		if size := st.Bytes - st.Archived + b.pendingBytes; size > b.limits.maxBytes {
 			return fmt.Errorf("log holds %d bytes, above %d: %w", size, b.limits.maxBytes, event.ErrOverloaded)
 		}
 	}
@@ -203,6 +205,9 @@ func (b *backend) Stats(context.Context) (api.Stats, error) {
 		Received:   ws.LastOffset,
 		Unique:     ds.Unique,
 		Duplicates: ds.Duplicates,
+		Expired:    ds.Expired,
+		Stored:     ds.Stored,
+		FirstSeq:   ds.FirstSeq,
 		LastSeq:    ds.LastSeq,
 		TopicCount: ds.TopicCount,
 		WAL: api.WALStats{
@@ -215,6 +220,7 @@ func (b *backend) Stats(context.Context) (api.Stats, error) {
 		},
 		Dedup: api.DedupStats{
 			Keys:            ds.Keys,
+			Forgotten:       ds.Forgotten,
 			BloomBits:       ds.BloomBits,
 			BloomFPEstimate: ds.BloomFPEstimate,
 		},

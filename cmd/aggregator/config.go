@@ -101,6 +101,9 @@ type Config struct {
 	IdleTimeout       time.Duration
 	ShutdownTimeout   time.Duration
 	MaxHeaderBytes    int
+
+	// Data lifecycle: retention, dedup window, log archive (lifecycle.go).
+	Lifecycle lifecycleConfig
 }
 
 // defaultConfig returns the documented defaults.
@@ -328,6 +331,7 @@ func registerFlags(fs *flag.FlagSet, c *Config, level *string, expected *uint64,
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "keep-alive idle time")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "time for in-flight requests at shutdown")
 	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "request header limit (431 above)")
+	registerLifecycleFlags(fs, &c.Lifecycle)
 }
 
 // secretValue is a string flag whose String is always empty, so that the
@@ -397,6 +401,7 @@ func (c *Config) validate() error {
 	if err := c.Tokens.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.Lifecycle.validate()...)
 	return errors.Join(errs...)
 }
 

@@ -11,9 +11,9 @@ import (
 )
 
 // damagedIndexHint says what to do about a damaged index.db.
-const damagedIndexHint = "move index.db aside and restore it from a backup; without a backup, " +
-	"moving it aside alone rebuilds the index from the log, which the start refuses " +
-	"if the log no longer holds every event"
+const damagedIndexHint = "move index.db aside and restore a backup (aggregator restore), or, when the log " +
+	"starts at offset 1, rebuild it from the log (aggregator rebuild-index); aggregator check says what is " +
+	"damaged; see docs/operations.md"
 
 // checkIndexFile checks <data-dir>/index.db before the server listens
 // (dedup.CheckFile), since the index is opened in the background after

@@ -95,7 +95,7 @@ func checkRefusedStart(t *testing.T, bin, dir, path string) {
 			errLines = append(errLines, line)
 		}
 	}
-	if len(errLines) != 1 || !strings.Contains(errLines[0], path) || !strings.Contains(errLines[0], "restore it from a backup") {
+	if len(errLines) != 1 || !strings.Contains(errLines[0], path) || !strings.Contains(errLines[0], "aggregator restore") {
 		t.Fatalf("want one error line naming %s and what to do, got:\n%s", path, text)
 	}
 	t.Logf("exit %d: %s", ee.ExitCode(), strings.TrimSpace(errLines[0]))

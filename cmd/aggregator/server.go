@@ -158,6 +158,8 @@ func (s *Server) openLog(reg prometheus.Registerer) (*wal.Log, error) {
 		Logger:      s.logger.With("component", "wal"),
 		Repair:      cfg.WALRepair,
 		Registerer:  reg,
+		RetainBytes: cfg.Lifecycle.WALRetainBytes,
+		RetainAge:   cfg.Lifecycle.WALRetainAge,
 	})
 	if errors.Is(err, wal.ErrLocked) {
 		return nil, fmt.Errorf("data directory %s is in use by another aggregator process: %w", cfg.DataDir, err)
@@ -369,12 +371,15 @@ func (s *Server) openIndex(wlog eventLog, reg prometheus.Registerer) (*dedup.Sto
 		LockTimeout:       s.cfg.LockTimeout,
 		Logger:            s.logger.With("component", "dedup"),
 		Registerer:        reg,
+		Retention:         s.cfg.Lifecycle.retention(),
+		DedupWindow:       s.cfg.Lifecycle.DedupWindow,
+		ExpireBatch:       2 * s.cfg.ChunkEntries, // 0: the default, twice a default chunk
 	})
 	if errors.Is(err, dedup.ErrLocked) {
 		return nil, fmt.Errorf("index %s is in use by another process: %w", path, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open index %s: %w", path, err)
+		return nil, fmt.Errorf("open index %s: %w", path, formatHint(err, s.cfg.DataDir))
 	}
 	if err := s.checkIndex(st, wlog); err != nil {
 		_ = st.Close()

@@ -59,10 +59,8 @@ func (c *publishCommand) Run(ctx context.Context, args []string) error {
 	}
 	client := newClient(c.concurrency)
 	defer client.CloseIdleConnections()
-	pb := &publisher{client: client, base: c.base, path: c.path, raw: c.httpClient == "raw", plan: p, concurrency: c.concurrency, acks: acks}
-	if c.rate > 0 {
-		pb.interval = time.Duration(float64(time.Second) * float64(c.gen.Batch) / c.rate)
-	}
+	pb := &publisher{client: client, base: c.base, path: c.path, raw: c.httpClient == "raw", plan: p,
+		concurrency: c.concurrency, acks: acks, rate: c.rate}
 	statsClient := newClient(1)
 	defer statsClient.CloseIdleConnections()
 	var lag *lagProbe

@@ -496,3 +496,20 @@ func TestPublishCancelUnblocks(t *testing.T) {
 		})
 	}
 }
+
+// TestPublishRate: with a rate, the run is paced open loop: 20 requests
+// of 10 events at 2,000 events/s take at least 19 intervals of 5 ms.
+func TestPublishRate(t *testing.T) {
+	_, base := newFakeService(t)
+	p, err := buildPlan(genConfig{Events: 200, Batch: 10, Format: formatArray, PayloadSize: 16, Topics: 2, Seed: 3, RunID: "rate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(4)
+	t.Cleanup(c.CloseIdleConnections)
+	pb := &publisher{client: c, base: base, raw: true, plan: p, concurrency: 4, rate: 2000}
+	res := pb.run(context.Background(), nil, time.Minute)
+	if res.EventsAcked != 200 || res.Elapsed < 19*5*time.Millisecond {
+		t.Fatalf("paced run: %d events acknowledged in %v, want 200 in at least 95ms", res.EventsAcked, res.Elapsed)
+	}
+}

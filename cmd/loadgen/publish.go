@@ -20,11 +20,14 @@ const statusTransportError = "error"
 // publisher sends the requests of a plan with a fixed number of concurrent
 // workers. Its counters may be read while run is in progress.
 type publisher struct {
-	client      *http.Client  // used unless raw
-	base        string        // http://127.0.0.1:port
-	path        string        // request target: /publish (the default when "") with its query
-	interval    time.Duration // > 0: requests are sent at this interval (a target rate), not as fast as possible
-	raw         bool          // one rawPoster connection per worker instead of client
+	client *http.Client // used unless raw
+	base   string       // http://127.0.0.1:port
+	path   string       // request target: /publish (the default when "") with its query
+	// rate, when positive, paces the run at that many events per second,
+	// open loop: request i is sent at start + i × (events per request /
+	// rate), whatever the replies.
+	rate        float64
+	raw         bool // one rawPoster connection per worker instead of client
 	plan        *plan
 	concurrency int
 	acks        *ackLog // nil: acknowledgements are not recorded
@@ -64,10 +67,12 @@ func (pb *publisher) run(ctx context.Context, which []int, maxDuration time.Dura
 		stopNew, cancel = context.WithTimeout(ctx, maxDuration)
 		defer cancel()
 	}
-	queue := &requestQueue{which: which, size: len(pb.plan.requests), stopNew: stopNew,
-		interval: pb.interval, start: time.Now()}
+	queue := &requestQueue{which: which, size: len(pb.plan.requests), stopNew: stopNew, start: time.Now()}
 	if which != nil {
 		queue.size = len(which)
+	}
+	if pb.rate > 0 && len(pb.plan.requests) > 0 {
+		queue.interval = time.Duration(float64(pb.plan.events) / float64(len(pb.plan.requests)) / pb.rate * float64(time.Second))
 	}
 	acked := make([]bool, len(pb.plan.requests))
 	tallies := make([]workerTally, max(pb.concurrency, 1))
