@@ -32,7 +32,7 @@ type Source interface {
 // Consumer defaults.
 const (
 	DefaultChunkEntries = 16384
-	DefaultChunkDelay   = 2 * time.Millisecond
+	DefaultChunkDelay   = 10 * time.Millisecond
 	DefaultRetryMin     = 10 * time.Millisecond
 	DefaultRetryMax     = 2 * time.Second
 	// DefaultIdleInterval is how often an idle consumer runs a
@@ -46,9 +46,12 @@ type ConsumerOptions struct {
 	// ChunkEntries bounds the entries applied in one transaction (default
 	// DefaultChunkEntries).
 	ChunkEntries int
-	// ChunkDelay bounds how long a chunk that is not full waits for more
-	// appends once its first entry is there (default DefaultChunkDelay; a
-	// negative value applies at once what is there).
+	// ChunkDelay paces the index transactions: a chunk that is not full
+	// waits for more appends until ChunkDelay has passed since the previous
+	// apply began (or the consumer started), so that the index commits at
+	// most once per ChunkDelay under a stream of small appends, while the
+	// first append after a quiet spell is applied at once (default
+	// DefaultChunkDelay; a negative value applies at once what is there).
 	ChunkDelay time.Duration
 	// RetryMin and RetryMax bound the exponential backoff after a failed
 	// read or apply (defaults DefaultRetryMin, DefaultRetryMax).
@@ -173,8 +176,9 @@ func (c *Consumer) setErr(err error) {
 func (c *Consumer) run() {
 	defer close(c.done)
 	var (
-		chunk   []Entry // read but not yet committed; kept for the retry
-		backoff time.Duration
+		chunk     []Entry // read but not yet committed; kept for the retry
+		backoff   time.Duration
+		lastApply = time.Now() // when the last apply began
 	)
 	fail := func(msg string, err error) bool {
 		c.setErr(err)
@@ -199,7 +203,7 @@ func (c *Consumer) run() {
 				continue
 			}
 			var err error
-			if chunk, err = c.readChunk(next); err != nil {
+			if chunk, err = c.readChunk(next, lastApply); err != nil {
 				chunk = nil
 				if c.ctx.Err() != nil || !fail("dedup: read log", err) {
 					return
@@ -215,6 +219,7 @@ func (c *Consumer) run() {
 			c.opts.beforeApply(len(chunk))
 		}
 		start := time.Now()
+		lastApply = start
 		res, err := c.s.Apply(chunk)
 		if err != nil {
 			if errors.Is(err, ErrClosed) {
@@ -279,9 +284,10 @@ func (c *Consumer) waitIdle(after uint64) error {
 	}
 }
 
-// readChunk reads up to ChunkEntries records from offset next, waiting up to
-// ChunkDelay for more appends while the chunk is not full.
-func (c *Consumer) readChunk(next uint64) ([]Entry, error) {
+// readChunk reads up to ChunkEntries records from offset next, waiting for
+// more appends while the chunk is not full until ChunkDelay after
+// lastApply.
+func (c *Consumer) readChunk(next uint64, lastApply time.Time) ([]Entry, error) {
 	entries := make([]Entry, 0, min(c.opts.ChunkEntries, 1024))
 	read := func(from uint64) error {
 		return c.src.Read(from, c.opts.ChunkEntries-len(entries), func(off uint64, data []byte) error {
@@ -299,10 +305,11 @@ func (c *Consumer) readChunk(next uint64) ([]Entry, error) {
 	if err := read(next); err != nil {
 		return nil, err
 	}
-	if len(entries) >= c.opts.ChunkEntries || c.opts.ChunkDelay < 0 || len(entries) == 0 {
+	wait := c.opts.ChunkDelay - time.Since(lastApply)
+	if len(entries) >= c.opts.ChunkEntries || wait <= 0 || len(entries) == 0 {
 		return entries, nil
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, c.opts.ChunkDelay)
+	ctx, cancel := context.WithTimeout(c.ctx, wait)
 	defer cancel()
 	for len(entries) < c.opts.ChunkEntries {
 		last := next + uint64(len(entries)) - 1

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/aggregator-dev/aggregator/internal/poll"
@@ -101,6 +102,37 @@ func TestConsumerChunkDelayGathers(t *testing.T) {
 	if n := chunks.Load(); n != 1 {
 		t.Fatalf("%d chunks, want 1", n)
 	}
+}
+
+// ChunkDelay paces the transactions: the first append after a quiet spell
+// is applied at once, and the next chunk waits until ChunkDelay has passed
+// since that apply began (on synctest's clock).
+func TestConsumerChunkDelayPaces(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := mustOpen(t, nil)
+		log := newFakeLog()
+		var chunks atomic.Int32
+		startConsumer(t, s, log, &ConsumerOptions{ChunkEntries: 100, ChunkDelay: time.Second,
+			onApply: func(int, int, int, time.Duration) { chunks.Add(1) }})
+		time.Sleep(2 * time.Second) // quiet, past the delay since the start
+		log.appendEvents(ev("t", "0", baseTime))
+		synctest.Wait()
+		if got := s.Checkpoint(); got != 1 {
+			t.Fatalf("checkpoint %d right after the first append, want 1 (applied at once)", got)
+		}
+		log.appendEvents(ev("t", "1", baseTime))
+		log.appendEvents(ev("t", "2", baseTime))
+		time.Sleep(time.Second - time.Millisecond)
+		synctest.Wait()
+		if got := s.Checkpoint(); got != 1 {
+			t.Fatalf("checkpoint %d before the delay is over, want 1", got)
+		}
+		time.Sleep(2 * time.Millisecond)
+		synctest.Wait()
+		if got, n := s.Checkpoint(), chunks.Load(); got != 3 || n != 2 {
+			t.Fatalf("checkpoint %d in %d chunks after the delay, want 3 in 2", got, n)
+		}
+	})
 }
 
 func TestConsumerResumesAtCheckpoint(t *testing.T) {

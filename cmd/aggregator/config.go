@@ -297,7 +297,7 @@ func registerFlags(fs *flag.FlagSet, c *Config, level *string, expected *uint64,
 	fs.Uint64Var(expected, "bloom-expected-keys", *expected, "keys the bloom filter is sized for (0: 1,048,576)")
 	fs.Float64Var(&c.BloomFPRate, "bloom-fp-rate", c.BloomFPRate, "bloom filter false-positive rate at the expected keys (0: 0.01)")
 	fs.IntVar(&c.ChunkEntries, "chunk-entries", c.ChunkEntries, "events the consumer applies per index transaction (0: 16384)")
-	fs.DurationVar(&c.ChunkDelay, "chunk-delay", c.ChunkDelay, "how long the consumer gathers appends into a chunk that is not full (0: 2ms)")
+	fs.DurationVar(&c.ChunkDelay, "chunk-delay", c.ChunkDelay, "the least time between the consumer's index transactions while chunks are not full; the first append after a quiet spell is applied at once (0: 10ms)")
 	fs.DurationVar(&c.LockTimeout, "lock-timeout", c.LockTimeout, "wait for the index file lock before failing")
 
 	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", c.MaxBodyBytes, "request body limit (413 above)")
