@@ -100,7 +100,7 @@ func (h *Handler) decode(b *batch, format bodyFormat) error {
 	case format == formatSniff && t[0] == '{':
 		// NDJSON under another content type: the first line is a whole
 		// value and more follows; a single object stays JSON.
-		if json.Valid(t) {
+		if validJSON(t) {
 			err = h.decodeJSON(b, t, true)
 		} else if looksNDJSON(t) {
 			err = h.decodeLines(b, body)
@@ -127,7 +127,7 @@ func (h *Handler) decode(b *batch, format bodyFormat) error {
 // (so that the body is values one per line, not one value over many lines).
 func looksNDJSON(body []byte) bool {
 	i := bytes.IndexByte(body, '\n')
-	return i > 0 && json.Valid(trimSpace(body[:i]))
+	return i > 0 && validJSON(trimSpace(body[:i]))
 }
 
 func invalidMessage(problems, listed int) string {
@@ -157,9 +157,9 @@ func (h *Handler) tooMany() error {
 }
 
 // decodeJSON decodes one object or an array of objects; valid says that
-// json.Valid(body) is known to hold.
+// validJSON(body) is known to hold.
 func (h *Handler) decodeJSON(b *batch, body []byte, valid bool) error {
-	if !valid && !json.Valid(body) {
+	if !valid && !validJSON(body) {
 		return badRequest(syntaxError(body))
 	}
 	switch body[0] {
@@ -204,7 +204,7 @@ func (h *Handler) decodeLines(b *batch, body []byte) error {
 			return h.tooMany()
 		}
 		switch {
-		case json.Valid(line):
+		case validJSON(line):
 			h.decodeElement(b, n, line)
 		case b.q.skipInvalid:
 			b.problem(n, "", "line "+strconv.Itoa(lineNo)+": "+syntaxError(line))

@@ -1,6 +1,8 @@
 package api
 
-// This file walks JSON that json.Valid has already accepted, without
+import "bytes"
+
+// This file walks JSON that validJSON has already accepted, without
 // allocating: it splits a batch into its elements and an event object into its
 // members as sub-slices of the request body. It does no validation of its own,
 // so it must only see valid JSON.
@@ -26,15 +28,24 @@ func trimSpace(b []byte) []byte {
 	return b[i:j]
 }
 
-// skipString returns the index after the string that starts at b[i] ('"').
+// skipString returns the index after the string that starts at b[i] ('"'):
+// after the first quote not escaped, that is not after an odd run of
+// backslashes (in valid JSON a backslash starts an escape).
 func skipString(b []byte, i int) int {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
+	for j := i + 1; j < len(b); {
+		k := bytes.IndexByte(b[j:], '"')
+		if k < 0 {
+			break
 		}
+		q := j + k
+		n := 0
+		for p := q - 1; p > i && b[p] == '\\'; p-- {
+			n++
+		}
+		if n%2 == 0 {
+			return q + 1
+		}
+		j = q + 1
 	}
 	return len(b)
 }
