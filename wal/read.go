@@ -287,6 +287,9 @@ func (l *Log) readDisk(off, end uint64, dst [][]byte) (int, error) {
 
 // load reads and verifies the durable part of seg.
 func (r *diskReader) load(seg segment) error {
+	// The slice is reused: entries past the new segment's count would
+	// otherwise keep earlier segments' buffers alive.
+	clear(r.bodies[:cap(r.bodies)])
 	r.index, r.bodies = 0, r.bodies[:0]
 	f, err := os.Open(seg.path)
 	if err != nil {
