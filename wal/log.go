@@ -16,11 +16,11 @@ import (
 
 // Defaults for the zero fields of Options.
 const (
-	DefaultSegmentSize     = 16 << 20
+	DefaultSegmentSize     = 4 << 20
 	DefaultMaxBatchRecords = 1 << 16
 	DefaultMaxBatchBytes   = 16 << 20
 	DefaultCacheRecords    = 1 << 16
-	DefaultCacheBytes      = 64 << 20
+	DefaultCacheBytes      = 32 << 20
 	DefaultRetryInterval   = time.Second
 )
 
@@ -72,7 +72,7 @@ func (f fault) String() string {
 // Options configures a Log. A nil *Options and zero fields mean the defaults.
 type Options struct {
 	// SegmentSize is the size in bytes at which a segment file is closed and
-	// a new one started (tidwall/wal's SegmentSize). Default 16 MiB.
+	// a new one started (tidwall/wal's SegmentSize). Default 4 MiB.
 	// Retention frees whole segments, so the log keeps at most about one
 	// segment more than the unconsumed records.
 	SegmentSize int
@@ -103,7 +103,7 @@ type Options struct {
 	// CacheRecords and CacheBytes bound the in-memory copy of the most
 	// recently committed records from which Read serves readers that keep
 	// up, without touching the disk or the writer. Defaults 65536 records
-	// and 64 MiB.
+	// and 32 MiB.
 	CacheRecords int
 	CacheBytes   int
 

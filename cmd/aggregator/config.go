@@ -282,7 +282,7 @@ func registerFlags(fs *flag.FlagSet, c *Config, level *string, expected *uint64,
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(level, "log-level", *level, "log level: debug, info, warn or error")
 
-	fs.IntVar(&c.SegmentSize, "segment-size", c.SegmentSize, "bytes per log segment file (0: 16 MiB)")
+	fs.IntVar(&c.SegmentSize, "segment-size", c.SegmentSize, "bytes per log segment file (0: 4 MiB)")
 	fs.BoolVar(&c.WALRepair, "wal-repair", c.WALRepair, "cut the log at damage inside acknowledged records (copies the segment aside first)")
 
 	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, "cluster mode: the log is a JetStream stream on these NATS servers (nats://host:port, comma-separated) instead of <dir>/wal/")
