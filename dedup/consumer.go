@@ -52,6 +52,7 @@ type ConsumerOptions struct {
 	// most once per ChunkDelay under a stream of small appends, while the
 	// first append after a quiet spell is applied at once (default
 	// DefaultChunkDelay; a negative value applies at once what is there).
+	// While a Store.WaitCheckpoint caller waits, chunks are not paced.
 	ChunkDelay time.Duration
 	// RetryMin and RetryMax bound the exponential backoff after a failed
 	// read or apply (defaults DefaultRetryMin, DefaultRetryMax).
@@ -311,6 +312,10 @@ func (c *Consumer) readChunk(next uint64, lastApply time.Time) ([]Entry, error) 
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, wait)
 	defer cancel()
+	if !c.s.urgency.pace(cancel) {
+		return entries, nil // someone waits for this apply (?wait=applied)
+	}
+	defer c.s.urgency.done()
 	for len(entries) < c.opts.ChunkEntries {
 		last := next + uint64(len(entries)) - 1
 		if c.src.Wait(ctx, last) != nil {

@@ -135,6 +135,43 @@ func TestConsumerChunkDelayPaces(t *testing.T) {
 	})
 }
 
+// A WaitCheckpoint caller cuts the pacing short: it is waiting for the
+// next apply, so that ?wait=applied does not cost ChunkDelay.
+func TestConsumerPacingYieldsToWaiters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := mustOpen(t, nil)
+		log := newFakeLog()
+		startConsumer(t, s, log, &ConsumerOptions{ChunkEntries: 100, ChunkDelay: time.Hour})
+		// The consumer is pacing (an hour since its start): the waiter
+		// ends that wait.
+		log.appendEvents(ev("t", "0", baseTime))
+		synctest.Wait()
+		if got := s.Checkpoint(); got != 0 {
+			t.Fatalf("checkpoint %d while pacing, want 0", got)
+		}
+		done := make(chan error, 1)
+		go func() { done <- s.WaitCheckpoint(t.Context(), 1) }()
+		synctest.Wait()
+		if err := <-done; err != nil || s.Checkpoint() != 1 {
+			t.Fatalf("WaitCheckpoint: %v, checkpoint %d, want 1 at once", err, s.Checkpoint())
+		}
+		// The waiter is there before the records: no pacing either.
+		go func() { done <- s.WaitCheckpoint(t.Context(), 3) }()
+		synctest.Wait()
+		log.appendEvents(ev("t", "1", baseTime), ev("t", "2", baseTime))
+		synctest.Wait()
+		if err := <-done; err != nil || s.Checkpoint() != 3 {
+			t.Fatalf("WaitCheckpoint: %v, checkpoint %d, want 3 at once", err, s.Checkpoint())
+		}
+		// Without a waiter, the pacing is back.
+		log.appendEvents(ev("t", "3", baseTime))
+		synctest.Wait()
+		if got := s.Checkpoint(); got != 3 {
+			t.Fatalf("checkpoint %d without a waiter, want 3 (paced)", got)
+		}
+	})
+}
+
 func TestConsumerResumesAtCheckpoint(t *testing.T) {
 	s, path := mustOpen(t, nil)
 	log := newFakeLog()

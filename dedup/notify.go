@@ -76,9 +76,57 @@ func (s *Store) WaitSeq(ctx context.Context, after uint64) error {
 
 // WaitCheckpoint returns nil as soon as the log offset is applied (the
 // checkpoint reached it), ctx.Err() when ctx ends first, and ErrClosed once
-// the store is closed.
+// the store is closed. While it waits, the consumer does not pace its
+// transactions (ConsumerOptions.ChunkDelay): a caller is waiting for the
+// next one.
 func (s *Store) WaitCheckpoint(ctx context.Context, offset uint64) error {
+	if s.checkpoint.Load() >= offset {
+		return nil
+	}
+	s.urgency.enter()
+	defer s.urgency.leave()
 	return s.applied.waitUntil(ctx, func() bool { return s.checkpoint.Load() >= offset })
+}
+
+// urgency counts the callers waiting for an apply and holds the cancel of
+// the consumer's pacing wait, if it is in one, which a new caller ends.
+type urgency struct {
+	mu      sync.Mutex
+	waiters int
+	cancel  context.CancelFunc
+}
+
+func (u *urgency) enter() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.waiters++
+	if u.cancel != nil {
+		u.cancel()
+	}
+}
+
+func (u *urgency) leave() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.waiters--
+}
+
+// pace registers the cancel of a pacing wait; false (and nothing
+// registered) when a caller is waiting already, so there is no pacing.
+func (u *urgency) pace(cancel context.CancelFunc) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.waiters > 0 {
+		return false
+	}
+	u.cancel = cancel
+	return true
+}
+
+func (u *urgency) done() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.cancel = nil
 }
 
 // Changed returns a channel closed at the next commit, for callers that wait

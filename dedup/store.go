@@ -195,6 +195,7 @@ type Store struct {
 
 	verdicts verdictRing // what the recent entries were: new or duplicate, and their seq
 	applied  notifier    // bumped after every commit
+	urgency  urgency     // WaitCheckpoint callers, which cut the consumer's pacing short
 	now      func() time.Time
 
 	onListSteps func(steps int) // test seam: cursor moves of each List
