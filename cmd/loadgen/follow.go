@@ -108,19 +108,17 @@ func (f *follower) page(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var p struct {
-		Events []fedEvent `json:"events"`
-	}
-	if err := json.Unmarshal(body, &p); err != nil {
-		return fmt.Errorf("decode feed page: %w", err)
+	evs, err := decodeFeedPage(body)
+	if err != nil {
+		return err
 	}
 	at := time.Now()
-	for i := range p.Events {
-		if err := f.accept(&p.Events[i], at); err != nil {
+	for i := range evs {
+		if err := f.accept(&evs[i], at); err != nil {
 			return err
 		}
 	}
-	if f.mode == followCursor && len(p.Events) > 0 {
+	if f.mode == followCursor && len(evs) > 0 {
 		// What was delivered is acknowledged even when the delivery ended
 		// the run (and ctx with it).
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -172,7 +170,7 @@ func (f *follower) stream(ctx context.Context) error {
 			continue // id, event, retry, comments, blank lines
 		}
 		var e fedEvent
-		if err := json.Unmarshal(data, &e); err != nil {
+		if err := decodeFedEvent(data, &e); err != nil {
 			return fmt.Errorf("decode stream event: %w", err)
 		}
 		if err := f.accept(&e, time.Now()); err != nil {
