@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -88,9 +89,10 @@ func startCluster(tb testing.TB, nodes int, syncAlways bool) *testCluster {
 	return c
 }
 
-// addNode starts an aggregator node; dataFrom, when set, is an index.db to
-// start from (a copy of a peer's).
-func (c *testCluster) addNode(name, indexFrom string) *Aggregator {
+// addNode starts an aggregator node; restoreFrom, when set, is a backup
+// (GET /admin/backup of a peer) that `aggregator restore` makes its data
+// directory from first.
+func (c *testCluster) addNode(name, restoreFrom string) *Aggregator {
 	c.tb.Helper()
 	ports, err := FreePorts(1)
 	if err != nil {
@@ -101,8 +103,11 @@ func (c *testCluster) addNode(name, indexFrom string) *Aggregator {
 	if err != nil {
 		c.tb.Fatal(err)
 	}
-	if indexFrom != "" {
-		copyFile(c.tb, indexFrom, filepath.Join(a.DataDir, "index.db"))
+	if restoreFrom != "" {
+		out, err := exec.Command(c.agg, "restore", "--from", restoreFrom, "--data-dir", a.DataDir).CombinedOutput()
+		if err != nil {
+			c.tb.Fatalf("aggregator restore: %v: %s", err, out)
+		}
 	}
 	if err := a.Start(); err != nil {
 		c.tb.Fatal(err)
@@ -137,17 +142,6 @@ func (c *testCluster) dumpLogs() {
 			b = b[len(b)-6000:]
 		}
 		c.tb.Logf("---- tail of %s\n%s", p, b)
-	}
-}
-
-func copyFile(tb testing.TB, from, to string) {
-	tb.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, 0o600); err != nil {
-		tb.Fatal(err)
 	}
 }
 
@@ -412,12 +406,12 @@ func (c *testCluster) streamLeader() int {
 	return 0
 }
 
-// TestNodeJoinsFromIndexCopy: a new node started from a copy of a peer's
-// index.db (what `aggregator restore` will produce from GET /admin/backup)
-// consumes from that copy's checkpoint + 1 and ends identical to the peers.
-// The servers fsync before every acknowledgement here (sync_interval:
-// always), the configuration docs/scale-out.md recommends.
-func TestNodeJoinsFromIndexCopy(t *testing.T) {
+// TestNodeJoinsFromBackup: a new node made with `aggregator restore` from
+// a peer's GET /admin/backup, taken while publishers run, consumes from
+// the backup's checkpoint + 1 and ends identical to the peers. The servers
+// fsync before every acknowledgement here (sync_interval: always), the
+// configuration docs/scale-out.md recommends.
+func TestNodeJoinsFromBackup(t *testing.T) {
 	c := startCluster(t, 2, true)
 	a1, a2 := c.aggs[0], c.aggs[1]
 	l := &load{acked: map[key]bool{}}
@@ -427,38 +421,68 @@ func TestNodeJoinsFromIndexCopy(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c.waitSettled([]*Aggregator{a1, a2}, time.Minute)
-	// A cold copy stands in for the backup: stop a1, copy, restart a1.
-	if err := a1.Stop(20 * time.Second); err != nil {
-		t.Fatal(err)
+	// The backup is taken while more publishers run.
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for p := 4; p < 8; p++ {
+		wg.Go(func() { errs <- l.publisher(p, 100, 20, c.aggs[p%2].URL, never) })
 	}
-	before, err := stats(a2.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a3 := c.addNode("a3", filepath.Join(a1.DataDir, "index.db"))
-	if err := a1.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []*Aggregator{a1, a3} {
-		if err := a.WaitReady(60 * time.Second); err != nil {
+	file := filepath.Join(t.TempDir(), "a1.backup")
+	checkpoint := backup(t, a1.URL(), file)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	for p := 4; p < 8; p++ {
+	a3 := c.addNode("a3", file)
+	if err := a3.WaitReady(60 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for p := 8; p < 12; p++ {
 		if err := l.publisher(p, 100, 20, c.aggs[p%3].URL, never); err != nil {
 			t.Fatal(err)
 		}
 	}
 	ctr := c.waitSettled([]*Aggregator{a1, a2, a3}, time.Minute)
 	c.verify([]*Aggregator{a1, a2, a3}, l.acked)
-	t.Logf("a3 joined from a copy at checkpoint %d; all three at checkpoint %d, unique %d, duplicates %d",
-		before.WAL.Checkpoint, ctr.Checkpoint, ctr.Unique, ctr.Duplicates)
-	// The new node read only what followed the copy's checkpoint.
+	t.Logf("a3 restored from a backup at checkpoint %d; all three at checkpoint %d, unique %d, duplicates %d",
+		checkpoint, ctr.Checkpoint, ctr.Unique, ctr.Duplicates)
+	// The new node read only what followed the backup's checkpoint.
 	read := metric(t, a3.URL(), "aggregator_nats_read_records_total")
-	if want := float64(ctr.LastOffset - before.WAL.Checkpoint); read != want {
-		t.Fatalf("a3 read %v records, want %v (from the copy's checkpoint %d + 1 to %d)", read, want, before.WAL.Checkpoint, ctr.LastOffset)
+	if want := float64(ctr.LastOffset - checkpoint); read != want {
+		t.Fatalf("a3 read %v records, want %v (from the backup's checkpoint %d + 1 to %d)", read, want, checkpoint, ctr.LastOffset)
 	}
+}
+
+// backup saves GET /admin/backup of a node to file and returns the
+// checkpoint it names.
+func backup(tb testing.TB, base, file string) uint64 {
+	tb.Helper()
+	resp, err := http.Get(base + "/admin/backup")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		tb.Fatalf("GET /admin/backup: %d", resp.StatusCode)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	checkpoint, err := strconv.ParseUint(resp.Header.Get("X-Aggregator-Checkpoint"), 10, 64)
+	if err != nil {
+		tb.Fatalf("X-Aggregator-Checkpoint: %v", err)
+	}
+	return checkpoint
 }
 
 // metric reads one unlabelled sample from a node's /metrics.

@@ -173,6 +173,18 @@ func TestPurgeBelowEveryNodesCheckpoint(t *testing.T) {
 	a := openLog(t, o)
 	o.NodeID = "b"
 	b := openLog(t, o)
+	// b has applied nothing: its entry (checkpoint 0) must be in the bucket
+	// before a may purge, or a would purge what b has not read. (A node
+	// without an entry holds nothing: a restart keeps its entry, a restore
+	// is covered by the backup's pin.)
+	_ = b.TruncateFront(1)
+	if !eventually(10*time.Second, func() bool {
+		cps, err := a.Checkpoints(context.Background())
+		_, ok := cps["node.b"]
+		return err == nil && ok
+	}) {
+		t.Fatal("b never reported its checkpoint")
+	}
 	if _, _, err := a.Append(context.Background(), records("p", 100)); err != nil {
 		t.Fatal(err)
 	}
@@ -194,6 +206,50 @@ func TestPurgeBelowEveryNodesCheckpoint(t *testing.T) {
 	got := readAll(t, b, 41, 100) // b goes on where it was
 	if got[41] != "p-40" {
 		t.Fatalf("b read %q at 41", got[41])
+	}
+}
+
+// A pin (taken by GET /admin/backup) holds the purge at the checkpoint it
+// was taken at until it is PinTTL old, then it is deleted and the purge
+// moves on.
+func TestPinHoldsPurgeUntilItExpires(t *testing.T) {
+	srv := runNATS(t, 1)
+	a := openLog(t, natslog.Options{URLs: urls(srv), Replicas: 1, PurgeInterval: 100 * time.Millisecond,
+		PinTTL: 2 * time.Second, NodeID: "a"})
+	if _, _, err := a.Append(context.Background(), records("p", 100)); err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, a, 1, 40)
+	_ = a.TruncateFront(41)
+	if !eventually(10*time.Second, func() bool { return a.FirstOffset() == 41 }) {
+		t.Fatalf("first offset %d, want 41", a.FirstOffset())
+	}
+	pinned, err := a.Pin(context.Background())
+	if err != nil || pinned != 40 {
+		t.Fatalf("Pin: %d, %v; want 40", pinned, err)
+	}
+	pinAt := time.Now()
+	readAll(t, a, 41, 100)
+	_ = a.TruncateFront(101)
+	reported := func() bool {
+		cps, err := a.Checkpoints(context.Background())
+		return err == nil && cps["node.a"] == 100
+	}
+	if !eventually(10*time.Second, reported) {
+		t.Fatal("node a never reported checkpoint 100")
+	}
+	if time.Since(pinAt) < 2*time.Second && a.FirstOffset() != 41 {
+		t.Fatalf("purged to %d while the pin at 40 held", a.FirstOffset())
+	}
+	if !eventually(15*time.Second, func() bool { return a.FirstOffset() == 101 }) {
+		t.Fatalf("first offset %d after the pin expired, want 101", a.FirstOffset())
+	}
+	if time.Since(pinAt) < 2*time.Second {
+		t.Fatalf("the pin stopped holding after %v, before its TTL", time.Since(pinAt))
+	}
+	cps, err := a.Checkpoints(context.Background())
+	if err != nil || len(cps) != 1 {
+		t.Fatalf("checkpoints after the pin expired: %v, %v (want node.a only)", cps, err)
 	}
 }
 

@@ -28,6 +28,7 @@ const (
 	DefaultReadBufferSize = 64 << 20
 	DefaultInfoInterval   = time.Second
 	DefaultPurgeInterval  = 10 * time.Second
+	DefaultPinTTL         = time.Hour
 )
 
 // Options configure a Log. A nil *Options is not valid (URLs are needed);
@@ -76,6 +77,9 @@ type Options struct {
 	// purged below the smallest checkpoint (default DefaultPurgeInterval;
 	// negative: report, never purge).
 	PurgeInterval time.Duration
+	// PinTTL is how long a pin (Pin, taken for a backup) holds the stream
+	// for the node restored from that backup (default DefaultPinTTL).
+	PinTTL time.Duration
 	// Logger receives operational messages (nil discards them).
 	Logger *slog.Logger
 	// Registerer, when set, gets the log's metrics (aggregator_nats_*).
@@ -119,6 +123,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if c.PurgeInterval == 0 {
 		c.PurgeInterval = DefaultPurgeInterval
+	}
+	if c.PinTTL <= 0 {
+		c.PinTTL = DefaultPinTTL
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

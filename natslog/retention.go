@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -72,31 +73,81 @@ func (l *Log) retain() {
 	l.logger.Debug("stream purged below the smallest checkpoint", "below", low+1, "nodes", nodes)
 }
 
-// minCheckpoint returns the smallest checkpoint in the bucket and the
-// number of nodes there.
+// pinPrefix starts the key of a pin in the checkpoint bucket.
+const pinPrefix = "pin."
+
+// Pin holds the stream for a node that will be restored from a backup of
+// this node's index taken next: it writes a pin at this node's reported
+// checkpoint (at most the checkpoint of any snapshot taken afterwards), and
+// no node purges the records above it until the pin is PinTTL old. By then
+// the restored node has its own entry. It returns the pinned checkpoint.
+func (l *Log) Pin(ctx context.Context) (uint64, error) {
+	var cp uint64 // nothing reported or applied yet: the whole stream
+	switch {
+	case l.reportedOnce.Load():
+		cp = l.reported.Load()
+	case l.appliedKnown.Load():
+		cp = l.applied.Load()
+	}
+	key := pinPrefix + strconv.FormatInt(time.Now().UnixNano(), 10)
+	if _, err := l.kv.Put(ctx, key, []byte(strconv.FormatUint(cp, 10))); err != nil {
+		return 0, fmt.Errorf("pin the stream at %d: %w", cp, err)
+	}
+	l.logger.Info("stream pinned for a restore from a backup", "checkpoint", cp, "pin", key, "ttl", l.opts.PinTTL)
+	return cp, nil
+}
+
+// minCheckpoint returns the smallest checkpoint in the bucket, pins that
+// have not expired included, and the number of entries it took. It deletes
+// the expired pins.
 func (l *Log) minCheckpoint(ctx context.Context) (low uint64, nodes int, err error) {
-	cps, err := l.Checkpoints(ctx)
+	entries, err := l.entries(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
-	for _, cp := range cps {
-		if nodes == 0 || cp < low {
-			low = cp
+	for key, e := range entries {
+		if strings.HasPrefix(key, pinPrefix) && time.Since(e.created) > l.opts.PinTTL {
+			if err := l.kv.Delete(ctx, key); err != nil {
+				l.logger.Warn("delete an expired pin", "pin", key, "err", err)
+			}
+			continue
+		}
+		if nodes == 0 || e.checkpoint < low {
+			low = e.checkpoint
 		}
 		nodes++
 	}
 	return low, nodes, nil
 }
 
-// Checkpoints returns every node's reported checkpoint (for tests and
-// operators).
+// Checkpoints returns every node's reported checkpoint, and the pins, by
+// their key (for tests and operators).
 func (l *Log) Checkpoints(ctx context.Context) (map[string]uint64, error) {
+	entries, err := l.entries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64, len(entries))
+	for key, e := range entries {
+		out[key] = e.checkpoint
+	}
+	return out, nil
+}
+
+// entry is a checkpoint in the bucket and when it was written.
+type entry struct {
+	checkpoint uint64
+	created    time.Time
+}
+
+// entries reads the checkpoint bucket.
+func (l *Log) entries(ctx context.Context) (map[string]entry, error) {
 	w, err := l.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("watch checkpoints: %w", err)
 	}
 	defer func() { _ = w.Stop() }()
-	out := map[string]uint64{}
+	out := map[string]entry{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -109,7 +160,7 @@ func (l *Log) Checkpoints(ctx context.Context) (map[string]uint64, error) {
 			if err != nil {
 				return nil, fmt.Errorf("checkpoint of %s: %w", e.Key(), err)
 			}
-			out[e.Key()] = cp
+			out[e.Key()] = entry{checkpoint: cp, created: e.Created()}
 		}
 	}
 }

@@ -63,6 +63,7 @@ func (s *Server) openStream(ctx context.Context, reg prometheus.Registerer) (eve
 		MaxBatch:       cfg.NATSMaxBatch,
 		MaxInflight:    cfg.NATSMaxInflight,
 		PurgeInterval:  cfg.NATSPurgeInterval,
+		PinTTL:         cfg.NATSPinTTL,
 		NodeID:         node,
 		Logger:         s.logger.With("component", "natslog"),
 		Registerer:     reg,

@@ -38,6 +38,7 @@ type Config struct {
 	NATSMaxBatch       int
 	NATSMaxInflight    int
 	NATSPurgeInterval  time.Duration
+	NATSPinTTL         time.Duration
 	NATSConnectTimeout time.Duration
 
 	// Index and consumer.
@@ -143,6 +144,7 @@ func defaultConfig() Config {
 		NATSMaxBatch:         natslog.DefaultMaxBatch,
 		NATSMaxInflight:      natslog.DefaultMaxInflight,
 		NATSPurgeInterval:    natslog.DefaultPurgeInterval,
+		NATSPinTTL:           natslog.DefaultPinTTL,
 		NATSConnectTimeout:   natslog.DefaultConnectTimeout,
 		MaxHeaderBytes:       64 << 10,
 		ReadHeaderTimeout:    10 * time.Second,
@@ -292,6 +294,7 @@ func registerFlags(fs *flag.FlagSet, c *Config, level *string, expected *uint64,
 	fs.IntVar(&c.NATSMaxBatch, "nats-max-batch", c.NATSMaxBatch, "cluster mode: events per atomic batch, at most the servers' jetstream.limits.batch.max_msgs; larger requests are split")
 	fs.IntVar(&c.NATSMaxInflight, "nats-max-inflight", c.NATSMaxInflight, "cluster mode: atomic batches this node has open at once (all nodes together below the servers' max_inflight_per_stream, 50)")
 	fs.DurationVar(&c.NATSPurgeInterval, "nats-purge-interval", c.NATSPurgeInterval, "cluster mode: how often the node reports its checkpoint and purges the stream below every node's checkpoint (negative: never purge)")
+	fs.DurationVar(&c.NATSPinTTL, "nats-pin-ttl", c.NATSPinTTL, "cluster mode: how long a GET /admin/backup holds the stream's records after its checkpoint, for the node restored from it")
 	fs.DurationVar(&c.NATSConnectTimeout, "nats-connect-timeout", c.NATSConnectTimeout, "cluster mode: how long the start waits for the NATS cluster and the stream")
 
 	fs.Uint64Var(expected, "bloom-expected-keys", *expected, "keys the bloom filter is sized for (0: 1,048,576)")

@@ -81,16 +81,29 @@ func (b *backend) SetTopicRetention(_ context.Context, topic string, o event.Ret
 }
 
 // Backup streams a snapshot of the index (dedup.Store.Backup).
-func (b *backend) Backup(_ context.Context, w io.Writer, begin func(api.BackupInfo)) error {
+func (b *backend) Backup(ctx context.Context, w io.Writer, begin func(api.BackupInfo)) error {
 	s, err := b.index()
 	if err != nil {
 		return err
+	}
+	// In cluster mode the stream must keep what follows the snapshot until
+	// the node restored from it has an entry of its own.
+	if p, ok := b.appender.(pinner); ok {
+		if _, err := p.Pin(ctx); err != nil {
+			return fmt.Errorf("backup: %w: %w", event.ErrUnavailable, err)
+		}
 	}
 	_, err = s.Backup(w, func(h dedup.BackupHeader) error {
 		begin(api.BackupInfo{Checkpoint: h.Checkpoint, LastSeq: h.LastSeq, Format: h.Format, Length: h.Length()})
 		return nil
 	})
 	return indexErr("backup", err)
+}
+
+// pinner is a log shared by nodes (natslog.Log) that can hold its records
+// for a node restored from a backup.
+type pinner interface {
+	Pin(ctx context.Context) (uint64, error)
 }
 
 // formatHint explains a refused index of another format.
