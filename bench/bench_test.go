@@ -25,14 +25,16 @@ type publishCell struct {
 
 // BenchmarkPublish measures publishing on the real binary: single events
 // at 1, 16 and 64 publishers (each next to the null handler in the same run,
-// with the ratio), batches of 100 as a JSON array and as NDJSON, and
-// batches of 100 with wait=applied.
+// with the ratio), batches of 100 as a JSON array at 1, 16 and 64
+// publishers, as NDJSON, and with wait=applied.
 func BenchmarkPublish(b *testing.B) {
 	for _, c := range []publishCell{
 		{name: "single/c=1", concurrency: 1, batch: 1, format: "array", path: "/publish", rate: 8000, null: true},
 		{name: "single/c=16", concurrency: 16, batch: 1, format: "array", path: "/publish", rate: 40000, null: true},
 		{name: "single/c=64", concurrency: 64, batch: 1, format: "array", path: "/publish", rate: 50000, null: true},
+		{name: "batch=100/c=1", concurrency: 1, batch: 100, format: "array", path: "/publish", rate: 100000},
 		{name: "batch=100/c=16", concurrency: 16, batch: 100, format: "array", path: "/publish", rate: 350000},
+		{name: "batch=100/c=64", concurrency: 64, batch: 100, format: "array", path: "/publish", rate: 350000},
 		{name: "ndjson=100/c=16", concurrency: 16, batch: 100, format: "ndjson", path: "/publish", rate: 350000},
 		{name: "applied=100/c=16", concurrency: 16, batch: 100, format: "array", path: "/publish?wait=applied", rate: 250000},
 	} {
@@ -174,8 +176,12 @@ func BenchmarkIndexGrowth(b *testing.B) {
 				Unique uint64 `json:"unique_processed"`
 			}
 			statsOf(b, srv.base, &st)
-			record(b, map[string]float64{"events/s": s.EventsPerS, "stored_events": float64(st.Unique),
-				"rss_anon_MiB": float64(srv.rssAnon(b)) / (1 << 20), "drain_s": drain(s)})
+			figures := map[string]float64{"events/s": s.EventsPerS, "stored_events": float64(st.Unique),
+				"rss_anon_MiB": float64(srv.rssAnon(b)) / (1 << 20), "drain_s": drain(s)}
+			if s.Lag != nil {
+				figures["applied_events/s"] = s.Lag.Processed
+			}
+			record(b, figures)
 		})
 	}
 }

@@ -198,7 +198,8 @@ type publishSummary struct {
 		P99 float64 `json:"p99"`
 	} `json:"latency_ms"`
 	Lag *struct {
-		DrainS float64 `json:"drain_s"`
+		DrainS    float64 `json:"drain_s"`
+		Processed float64 `json:"processed_per_s"` // applied (unique + duplicates) per second, over the run and the drain
 	} `json:"consumer_lag"`
 }
 

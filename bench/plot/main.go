@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"image/color"
 	"log"
 	"os"
 	"path/filepath"
@@ -129,48 +128,88 @@ func throughputSingle(rs []result) (*plot.Plot, error) {
 	return p, nil
 }
 
-// throughputBatch is events/s of the batch cells, as bars.
+// throughputBatch is events/s against publishers for batches of 100 (JSON
+// arrays), with the NDJSON and wait=applied cells as points of their own.
 func throughputBatch(rs []result) (*plot.Plot, error) {
-	var names []string
-	var vals plotter.Values
+	series := map[string]plotter.XYs{}
 	for _, r := range rs {
-		if strings.HasPrefix(r.Cell, "Publish/") && !strings.HasPrefix(r.Cell, "Publish/single/") {
-			names = append(names, strings.TrimPrefix(r.Cell, "Publish/"))
-			vals = append(vals, r.Figures["events/s"])
+		for prefix, name := range map[string]string{
+			"Publish/batch=100/": "JSON array", "Publish/ndjson=100/": "NDJSON", "Publish/applied=100/": "?wait=applied",
+		} {
+			if strings.HasPrefix(r.Cell, prefix) {
+				series[name] = append(series[name], plotter.XY{X: concurrency(r.Cell), Y: r.Figures["events/s"]})
+			}
 		}
 	}
-	if len(vals) == 0 {
-		return nil, fmt.Errorf("no batch cells")
+	if len(series["JSON array"]) == 0 {
+		return nil, fmt.Errorf("no Publish/batch=100 cells")
 	}
 	p := plot.New()
 	p.Title.Text = "Batches of 100 events: throughput"
-	p.Y.Label.Text = "events/s"
-	bars, err := plotter.NewBarChart(vals, vg.Points(30))
-	if err != nil {
+	p.X.Label.Text = "concurrent publishers"
+	p.Y.Label.Text = "events/s acknowledged"
+	p.Y.Min = 0
+	var args []any
+	for _, name := range []string{"JSON array", "NDJSON", "?wait=applied"} {
+		xys := series[name]
+		if len(xys) == 0 {
+			continue
+		}
+		sort.Slice(xys, func(i, j int) bool { return xys[i].X < xys[j].X })
+		args = append(args, name, xys)
+	}
+	if err := plotutil.AddLinePoints(p, args...); err != nil {
 		return nil, err
 	}
-	bars.Color = color.RGBA{R: 60, G: 110, B: 180, A: 255}
-	p.Add(bars)
-	p.NominalX(names...)
 	return p, nil
+}
+
+// shortName labels a publish cell on an axis: Publish/single/c=16 is
+// "1×16", Publish/ndjson=100/c=16 "100×16 nd".
+func shortName(cell string) string {
+	kind, _, _ := strings.Cut(strings.TrimPrefix(cell, "Publish/"), "/")
+	c := strconv.Itoa(int(concurrency(cell)))
+	switch {
+	case kind == "single":
+		return "1×" + c
+	case strings.HasPrefix(kind, "ndjson="):
+		return "100×" + c + " nd"
+	case strings.HasPrefix(kind, "applied="):
+		return "100×" + c + " ap"
+	default:
+		return "100×" + c
+	}
 }
 
 // latency is p50 and p99 of every publish cell.
 func latency(rs []result) (*plot.Plot, error) {
-	var names []string
-	var p50, p99 plotter.Values
+	var cells []result
 	for _, r := range rs {
 		if strings.HasPrefix(r.Cell, "Publish/") {
-			names = append(names, strings.TrimPrefix(r.Cell, "Publish/"))
-			p50 = append(p50, r.Figures["p50_ms"])
-			p99 = append(p99, r.Figures["p99_ms"])
+			cells = append(cells, r)
 		}
+	}
+	// Single events first, then batches, each by concurrency.
+	sort.SliceStable(cells, func(i, j int) bool {
+		si, sj := strings.HasPrefix(cells[i].Cell, "Publish/single/"), strings.HasPrefix(cells[j].Cell, "Publish/single/")
+		if si != sj {
+			return si
+		}
+		return concurrency(cells[i].Cell) < concurrency(cells[j].Cell)
+	})
+	var names []string
+	var p50, p99 plotter.Values
+	for _, r := range cells {
+		names = append(names, shortName(r.Cell))
+		p50 = append(p50, r.Figures["p50_ms"])
+		p99 = append(p99, r.Figures["p99_ms"])
 	}
 	if len(names) == 0 {
 		return nil, fmt.Errorf("no publish cells")
 	}
 	p := plot.New()
 	p.Title.Text = "Publish latency (request to 200)"
+	p.X.Label.Text = "events per request × publishers (nd: NDJSON, ap: ?wait=applied)"
 	p.Y.Label.Text = "ms"
 	w := vg.Points(14)
 	b50, err := plotter.NewBarChart(p50, w)
@@ -194,11 +233,12 @@ func latency(rs []result) (*plot.Plot, error) {
 // indexGrowth is the publish rate and the anonymous memory against the
 // stored events.
 func indexGrowth(rs []result) (*plot.Plot, error) {
-	var rate, rss plotter.XYs
+	var rate, applied, rss plotter.XYs
 	for _, r := range rs {
 		if strings.HasPrefix(r.Cell, "IndexGrowth/") {
 			x := r.Figures["stored_events"] / 1e6
 			rate = append(rate, plotter.XY{X: x, Y: r.Figures["events/s"] / 1000})
+			applied = append(applied, plotter.XY{X: x, Y: r.Figures["applied_events/s"] / 1000})
 			rss = append(rss, plotter.XY{X: x, Y: r.Figures["rss_anon_MiB"]})
 		}
 	}
@@ -210,7 +250,8 @@ func indexGrowth(rs []result) (*plot.Plot, error) {
 	p.X.Label.Text = "stored events (millions)"
 	p.Y.Label.Text = "k events/s; MiB"
 	p.Y.Min = 0
-	if err := plotutil.AddLinePoints(p, "publish rate (k events/s)", rate, "anonymous RSS (MiB)", rss); err != nil {
+	if err := plotutil.AddLinePoints(p, "publish rate (k events/s)", rate, "applied rate, run and drain (k events/s)", applied,
+		"anonymous RSS at lag 0 (MiB)", rss); err != nil {
 		return nil, err
 	}
 	return p, nil
